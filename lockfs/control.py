@@ -1,0 +1,120 @@
+"""The control socket: a read-only window into a running daemon, outside the lock namespace.
+
+Each mount listens on ``/run/lockfs/<escaped mountpoint>.sock`` (directory mode 0700, socket
+0600: root only). A client sends one command line and reads one JSON document back; no
+command changes anything, so the socket cannot be used to disturb locks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+RUN_DIR = os.environ.get("LOCKFS_RUN_DIR", "/run/lockfs")
+MAX_REQUEST = 4096
+
+
+def escape_path(path: str) -> str:
+    """systemd-style escaping of an absolute path into one file name."""
+    trimmed = path.strip("/") or "-"
+    out = []
+    for i, char in enumerate(trimmed):
+        if char == "/":
+            out.append("-")
+        elif char.isascii() and (char.isalnum() or char in "_:" or (char == "." and i > 0)):
+            out.append(char)
+        else:
+            out.extend(f"\\x{byte:02x}" for byte in char.encode())
+    return "".join(out)
+
+
+def socket_path(mountpoint: str) -> str:
+    return os.path.join(RUN_DIR, escape_path(os.path.realpath(mountpoint)) + ".sock")
+
+
+Handler = Callable[[str], Any]
+
+
+async def serve_control(path: str, handle: Handler) -> None:
+    """Answer commands on ``path`` until cancelled; the socket file is removed afterwards."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        await listener.bind(path)
+    finally:
+        os.umask(old_umask)
+    listener.listen(16)
+    try:
+        async with trio.open_nursery() as nursery:
+            while True:
+                conn, _ = await listener.accept()
+                nursery.start_soon(_answer, conn, handle)
+    finally:
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+async def _answer(conn: trio.socket.SocketType, handle: Handler) -> None:
+    with conn:
+        try:
+            with trio.fail_after(5):
+                request = b""
+                while b"\n" not in request and len(request) < MAX_REQUEST:
+                    chunk = await conn.recv(MAX_REQUEST)
+                    if not chunk:
+                        break
+                    request += chunk
+            command = request.decode(errors="replace").strip()
+            try:
+                reply = {"ok": True, "result": handle(command)}
+            except Exception as exc:  # a bad command must not hurt the daemon
+                reply = {"ok": False, "error": str(exc)}
+            payload = json.dumps(reply).encode() + b"\n"
+            while payload:
+                sent = await conn.send(payload)
+                payload = payload[sent:]
+        except (OSError, trio.TooSlowError) as exc:
+            log.debug("control connection failed: %s", exc)
+
+
+class ControlError(Exception):
+    """The daemon could not be reached or refused the command."""
+
+
+def query(mountpoint: str, command: str, timeout: float = 10.0) -> Any:
+    """Send ``command`` to the daemon serving ``mountpoint`` and return its result."""
+    path = socket_path(mountpoint)
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            raise ControlError(
+                f"no lockfs daemon answers for {mountpoint} ({path}: {exc.strerror})"
+            ) from None
+        sock.sendall(command.encode() + b"\n")
+        data = b""
+        while time.monotonic() < deadline:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data)
+    if not reply.get("ok"):
+        raise ControlError(reply.get("error", "command failed"))
+    return reply["result"]

@@ -1,0 +1,167 @@
+"""The daemon: mounts one lockfs, serves it with trio, and unmounts safely.
+
+Shutdown fails closed. SIGTERM and SIGINT unmount only if the kernel agrees that nothing on the
+mount is in use (a plain, non-lazy umount); while any file is open the mount stays and keeps
+serving, because a lazy unmount would let new callers create a second lock file of the same
+name in the directory underneath while old holders still hold theirs. If the daemon dies, the
+mount stays in place and answers ENOTCONN until an administrator unmounts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyfuse3
+import trio
+
+from .control import serve_control, socket_path
+from .fuse_ops import LockOperations
+from .mounts import is_busy, is_lockfs_mounted, umount
+from .nodes import NodeTable, ReclaimPolicy
+from .options import MountOptions
+from .reclaimer import reclaim_loop
+
+log = logging.getLogger(__name__)
+
+#: Set in the environment (tests only) to make any request naming this entry fail with EIO.
+FAULT_ENV = "LOCKFS_FAULT_INJECTION"
+FAULT_NAME = b"__lockfs_fault__"
+
+
+def _inject_fault(handler: str, args: tuple[object, ...]) -> None:
+    if FAULT_NAME in args:
+        raise RuntimeError(f"injected fault in {handler}")
+
+
+class Daemon:
+    """One mount: its node table, its request handlers, and its lifecycle."""
+
+    def __init__(self, mountpoint: str, options: MountOptions, fsname: str = "lockfs") -> None:
+        self.mountpoint = os.path.realpath(mountpoint)
+        self.options = options
+        self.fsname = fsname
+        self.table = NodeTable(
+            root_mode=options.mode,
+            root_uid=options.uid,
+            root_gid=options.gid,
+            policy=ReclaimPolicy(options.reclaim_delay, options.dir_grace),
+        )
+        self.ops = LockOperations(self.table, trace=options.debug)
+        if os.environ.get(FAULT_ENV):
+            self.ops.fault_hook = _inject_fault
+        self._mounted = False
+        self._started = time.monotonic()
+
+    def mount(self) -> None:
+        """Mount the filesystem (requests wait in the kernel until :meth:`serve` runs)."""
+        pyfuse3.init(self.ops, self.mountpoint, self.options.fuse_options(self.fsname))
+        self._mounted = True
+        log.info("mounted lockfs at %s", self.mountpoint)
+
+    def serve(self, on_ready: Callable[[], None] = lambda: None) -> None:
+        """Serve requests until the filesystem is unmounted, then clean up."""
+        try:
+            trio.run(self._serve, on_ready)
+        finally:
+            self._close()
+
+    async def _serve(self, on_ready: Callable[[], None]) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reclaim_loop, self.table, self._invalidate)
+            nursery.start_soon(self._handle_signals)
+            nursery.start_soon(serve_control, socket_path(self.mountpoint), self._command)
+            on_ready()
+            # Handlers never wait, so one worker task serves every request in turn.
+            await pyfuse3.main(min_tasks=1, max_tasks=1)
+            log.info("FUSE session ended")
+            nursery.cancel_scope.cancel()
+
+    def _command(self, command: str) -> Any:
+        if command == "status":
+            return self.status()
+        raise ValueError(f"unknown command {command!r}")
+
+    def status(self) -> dict[str, Any]:
+        """Counters and sizes of this mount, for `lockfs status` and the tests."""
+        table = self.table
+        dirs = sum(1 for node in table.nodes.values() if node.children is not None)
+        with open("/proc/self/statm") as statm:
+            rss_pages = int(statm.read().split()[1])
+        return {
+            "mountpoint": self.mountpoint,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "nodes": len(table.nodes),
+            "files": len(table.nodes) - dirs,
+            "dirs": dirs,
+            "open": sum(1 for node in table.nodes.values() if node.opens),
+            "referenced": sum(1 for node in table.nodes.values() if node.lookups),
+            "reclaim_backlog": table.idle_count,
+            "created": table.stats.created,
+            "reclaimed": table.stats.reclaimed,
+            "invalidations": table.stats.invalidations,
+            "requests": dict(self.ops.requests),
+            "faults": self.ops.faults,
+            "rss_bytes": rss_pages * resource.getpagesize(),
+            "options": {
+                "uid": self.options.uid,
+                "gid": self.options.gid,
+                "mode": f"{self.options.mode:04o}",
+                "reclaim_delay": self.options.reclaim_delay,
+                "dir_grace": self.options.dir_grace,
+                "debug": self.options.debug,
+            },
+        }
+
+    @staticmethod
+    def _invalidate(parent_ino: int, name: bytes) -> None:
+        pyfuse3.invalidate_entry_async(parent_ino, name, ignore_enoent=True)
+
+    async def _handle_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    continue
+                log.info("%s received: unmounting %s", signal.Signals(signum).name, self.mountpoint)
+                await trio.to_thread.run_sync(self._try_unmount)
+
+    def _try_unmount(self) -> bool:
+        """Unmount unless busy; the session then ends by itself."""
+        try:
+            umount(self.mountpoint)
+        except OSError as exc:
+            if is_busy(exc):
+                open_files = sum(1 for node in self.table.nodes.values() if node.opens)
+                log.error(
+                    "not unmounting %s: it is busy (%d files open here). Locks may be held; "
+                    "stop their holders first (lsof %s). `umount -l` would detach the mount "
+                    "while they still hold locks and is unsafe.",
+                    self.mountpoint,
+                    open_files,
+                    self.mountpoint,
+                )
+            else:
+                log.error("cannot unmount %s: %s", self.mountpoint, exc.strerror)
+            return False
+        return True
+
+    def _close(self) -> None:
+        if not self._mounted:
+            return
+        self._mounted = False
+        still_mounted = is_lockfs_mounted(self.mountpoint)
+        if still_mounted and not self._try_unmount():
+            log.error(
+                "leaving %s mounted without a daemon: it answers ENOTCONN until an "
+                "administrator runs `umount %s` once its holders are gone",
+                self.mountpoint,
+                self.mountpoint,
+            )
+        pyfuse3.close(unmount=False)
+        log.info("lockfs at %s stopped", self.mountpoint)

@@ -1,0 +1,285 @@
+"""The pyfuse3 adapter: maps FUSE requests onto the node table and errors onto errnos.
+
+Kept thin on purpose: every rule about names, references and reclaim lives in
+:mod:`lockfs.nodes`. What this module adds:
+
+* Every handler is wrapped by :func:`_handler`: a :class:`~lockfs.nodes.FsError` becomes its
+  errno, any other exception is logged with its request and answered with EIO, so a bug never
+  takes the mount down. Requests are counted by type.
+* File handles are inode numbers (never reused), so RELEASE, READ and WRITE, which only carry
+  the handle, find their node without a handle table.
+* FLUSH answers ENOSYS once, after which the kernel stops sending it: a lock cycle is then
+  OPEN + RELEASE only. Locks never need FLUSH: the kernel keeps them (no lock handlers here).
+* Entries and attributes are cached by the kernel for a long time: the kernel sees every change
+  to the namespace itself, and the only change it does not see, reclaim, happens after the
+  kernel has forgotten the node.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from .nodes import NAME_MAX, FsError, Node, NodeTable
+
+log = logging.getLogger(__name__)
+
+#: How long the kernel may trust an entry or attributes without asking again (seconds).
+CACHE_TIMEOUT = 3600.0
+BLOCK_SIZE = 4096
+#: Directory size reported per entry, as tmpfs does.
+DIRENT_SIZE = 20
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _handler(fn: F) -> F:
+    """Count the request, turn table errors into FUSE errors and bugs into EIO."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self: LockOperations, *args: Any) -> Any:
+        self.requests[name] += 1
+        if self.trace:
+            log.debug("request %s%r", name, args)
+        try:
+            if self.fault_hook is not None:
+                self.fault_hook(name, args)
+            return await fn(self, *args)
+        except FsError as exc:
+            if self.trace:
+                log.debug("request %s%r -> %s", name, args, errno.errorcode.get(exc.errno))
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            self.faults += 1
+            log.exception("internal error in %s%r; answered EIO", name, args)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class LockOperations(pyfuse3.Operations):
+    """pyfuse3 request handlers over one :class:`NodeTable`."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, table: NodeTable, *, trace: bool = False) -> None:
+        super().__init__()
+        self.table = table
+        self.trace = trace
+        self.requests: Counter[str] = Counter()
+        self.faults = 0
+        #: Test-only hook: called with the handler name and arguments before every request;
+        #: whatever it raises is handled like a bug in the handler.
+        self.fault_hook: Callable[[str, tuple[Any, ...]], None] | None = None
+
+    # ----------------------------------------------------------------- replies
+
+    def entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.ino
+        attr.generation = 0
+        attr.entry_timeout = CACHE_TIMEOUT
+        attr.attr_timeout = CACHE_TIMEOUT
+        attr.st_mode = node.mode
+        attr.st_nlink = node.nlink
+        attr.st_uid = node.uid
+        attr.st_gid = node.gid
+        attr.st_rdev = 0
+        if node.children is not None:
+            attr.st_size = DIRENT_SIZE * (len(node.children) + 2)
+        else:
+            attr.st_size = node.size
+        attr.st_blksize = BLOCK_SIZE
+        attr.st_blocks = (node.size + 511) // 512
+        attr.st_atime_ns = node.atime_ns
+        attr.st_mtime_ns = node.mtime_ns
+        attr.st_ctime_ns = node.ctime_ns
+        return attr
+
+    @staticmethod
+    def _file_info(node: Node) -> pyfuse3.FileInfo:
+        # keep_cache: only this kernel ever writes, so its page cache is always current.
+        return pyfuse3.FileInfo(fh=node.ino, keep_cache=True)
+
+    # ----------------------------------------------------------------- names
+
+    @_handler
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self.entry(self.table.lookup(parent_inode, name))
+
+    @_handler
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.table.forget(ino, count)
+
+    @_handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.table.get(inode)
+        self.table.touch(node)
+        return self.entry(node)
+
+    @_handler
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self.table.setattr(
+            inode,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        return self.entry(node)
+
+    @_handler
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self.entry(self.table.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    @_handler
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self.entry(self.table.mknod(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    @_handler
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        node = self.table.create(parent_inode, name, mode, ctx.uid, ctx.gid)
+        return self._file_info(node), self.entry(node)
+
+    @_handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.table.unlink(parent_inode, name)
+
+    @_handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.table.rmdir(parent_inode, name)
+
+    @_handler
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self.table.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    @_handler
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        # One name per node keeps reclaim simple; PBS links only if renameat2 fails (EINVAL).
+        raise FsError(errno.EPERM)
+
+    @_handler
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        raise FsError(errno.EPERM)
+
+    @_handler
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        raise FsError(errno.EINVAL)
+
+    # ----------------------------------------------------------------- files
+
+    @_handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.table.get(inode)
+        if node.children is not None:
+            raise FsError(errno.EISDIR)
+        node = self.table.open(inode)
+        if flags & os.O_TRUNC and node.data:  # the kernel may pass O_TRUNC (atomic_o_trunc)
+            self.table.truncate(node, 0)
+        return self._file_info(node)
+
+    @_handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return self.table.read(fh, off, size)
+
+    @_handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return self.table.write(fh, off, buf)
+
+    @_handler
+    async def flush(self, fh: int) -> None:
+        raise FsError(errno.ENOSYS)
+
+    @_handler
+    async def release(self, fh: int) -> None:
+        self.table.release(fh)
+
+    @_handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        return None
+
+    # ----------------------------------------------------------------- directories
+
+    @_handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self.table.get(inode)
+        if node.children is None:
+            raise FsError(errno.ENOTDIR)
+        return self.table.open(inode).ino
+
+    @_handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        for name, node, cookie in self.table.listing(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, self.entry(node), cookie):
+                break
+            # readdirplus entries are lookups, except "." and "..", which the kernel skips.
+            if name != b"." and name != b"..":
+                self.table.remember(node)
+
+    @_handler
+    async def releasedir(self, fh: int) -> None:
+        self.table.release(fh)
+
+    @_handler
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
+
+    @_handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = BLOCK_SIZE
+        data.f_frsize = BLOCK_SIZE
+        used = len(self.table.nodes)
+        total = max(used * 2, 1 << 20)
+        data.f_blocks = total
+        data.f_bfree = total - used
+        data.f_bavail = total - used
+        data.f_files = total
+        data.f_ffree = total - used
+        data.f_favail = total - used
+        data.f_namemax = NAME_MAX
+        return data

@@ -1,0 +1,568 @@
+"""The node table: names, nodes, kernel lookup counts, open counts and reclaim rules.
+
+This module knows nothing about FUSE; the adapter in :mod:`lockfs.fuse_ops` maps requests onto
+it. Every invariant that keeps locks correct lives here:
+
+* A name maps to exactly one node. Only an explicit ``unlink``/``rmdir``/``rename`` (a process
+  asked for it) or :meth:`NodeTable._drop` detaches a name, and ``_drop`` runs only for a node
+  that the kernel no longer references (``lookups == 0``) and nobody has open (``opens == 0``).
+  Because the kernel keeps ``flock``/``fcntl`` locks on its own inode, which exists exactly as
+  long as its lookup count is non-zero, a dropped name can never have a lock holder.
+* Inode numbers come from a counter and are never reused within a mount.
+* A node is *idle* when it is linked, nobody has it open and it holds nothing: an empty regular
+  file, or a directory without entries. Idle nodes wait in a queue ordered by the time they were
+  last used; once their delay has passed, :meth:`NodeTable.due` hands them out so that the
+  daemon can ask the kernel to drop its entry. The kernel then sends FORGET, the lookup count
+  reaches zero and the node is dropped. A file with data is never idle, so it is kept.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+ROOT_INO = 1
+NAME_MAX = 255
+
+#: ``renameat2`` flags (linux/fs.h).
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+class FsError(Exception):
+    """A request failed with ``errno``; the adapter turns it into a FUSE error reply."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code, os.strerror(code))
+        self.errno = code
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    """One inode. ``parent`` is ``None`` once the node has no name (unlinked, still referenced).
+
+    ``lookups`` mirrors the kernel's lookup count for this node id (LOOKUP, CREATE, MKDIR,
+    MKNOD and readdirplus entries add one, FORGET subtracts); ``opens`` counts open handles.
+    """
+
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    parent: Node | None = None
+    name: bytes = b""
+    children: dict[bytes, Node] | None = None
+    subdirs: int = 0
+    data: bytearray | None = None
+    lookups: int = 0
+    opens: int = 0
+    last_used: float = 0.0
+
+    @property
+    def is_dir(self) -> bool:
+        return self.children is not None
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else 0
+
+    @property
+    def nlink(self) -> int:
+        if self.parent is None:
+            return 0
+        return 2 + self.subdirs if self.children is not None else 1
+
+    def path(self) -> bytes:
+        """The node's path relative to the mount root (for logs and tests)."""
+        parts: list[bytes] = []
+        node: Node | None = self
+        while node is not None and node.ino != ROOT_INO:
+            parts.append(node.name)
+            node = node.parent
+        if node is None:
+            parts.append(b"<unlinked>")
+        return b"/".join(reversed(parts))
+
+
+@dataclass(slots=True)
+class ReclaimPolicy:
+    """How long an idle node waits before the daemon asks the kernel to drop it (seconds)."""
+
+    file_delay: float = 0.5
+    dir_grace: float = 10.0
+
+
+@dataclass(slots=True)
+class TableStats:
+    """Cumulative counters of the table's life."""
+
+    created: int = 0
+    reclaimed: int = 0
+    invalidations: int = 0
+
+
+def _check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise FsError(errno.ENAMETOOLONG)
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise FsError(errno.EINVAL)
+
+
+class NodeTable:
+    """All nodes of one mount, their names, reference counts and the idle queues."""
+
+    def __init__(
+        self,
+        *,
+        root_mode: int = 0o755,
+        root_uid: int = 0,
+        root_gid: int = 0,
+        policy: ReclaimPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.policy = policy or ReclaimPolicy()
+        self.stats = TableStats()
+        self.clock = clock
+        self._now_ns = wall_clock_ns
+        self._next_ino = ROOT_INO
+        self.nodes: dict[int, Node] = {}
+        # Idle linked nodes, oldest use first. Values are unused; OrderedDict gives O(1)
+        # move-to-end and pop-oldest.
+        self._idle_files: OrderedDict[Node, None] = OrderedDict()
+        self._idle_dirs: OrderedDict[Node, None] = OrderedDict()
+        self.root = self._new_node(stat.S_IFDIR | (root_mode & 0o7777), root_uid, root_gid)
+        self.root.parent = self.root
+
+    # ----------------------------------------------------------------- bookkeeping
+
+    def _new_node(self, mode: int, uid: int, gid: int) -> Node:
+        now = self._now_ns()
+        node = Node(self._next_ino, mode, uid, gid, now, now, now)
+        if stat.S_ISDIR(mode):
+            node.children = {}
+        self._next_ino += 1
+        self.nodes[node.ino] = node
+        self.stats.created += 1
+        return node
+
+    def _is_idle(self, node: Node) -> bool:
+        if node.parent is None or node.ino == ROOT_INO or node.opens:
+            return False
+        if node.children is not None:
+            return not node.children
+        return not node.data
+
+    def _queue_of(self, node: Node) -> OrderedDict[Node, None]:
+        return self._idle_dirs if node.children is not None else self._idle_files
+
+    def _delay_of(self, node: Node) -> float:
+        return self.policy.dir_grace if node.children is not None else self.policy.file_delay
+
+    def touch(self, node: Node) -> None:
+        """Record a use of ``node`` and (re)queue it if it is idle, else take it off the queue."""
+        node.last_used = self.clock()
+        queue = self._queue_of(node)
+        if self._is_idle(node):
+            queue[node] = None
+            queue.move_to_end(node)
+        else:
+            queue.pop(node, None)
+
+    def _maybe_drop(self, node: Node) -> None:
+        """Forget ``node`` entirely if neither the kernel nor a process refers to it."""
+        if node.lookups or node.opens or node.ino == ROOT_INO:
+            return
+        if node.parent is None:
+            self._forget_node(node)
+        elif self._is_idle(node) and self.clock() - node.last_used >= self._delay_of(node):
+            self._drop(node)
+
+    def _drop(self, node: Node) -> None:
+        """Reclaim an idle, unreferenced node: detach its name and forget it."""
+        parent = node.parent
+        assert parent is not None and node.lookups == 0 and node.opens == 0
+        self._detach(node)
+        self._forget_node(node)
+        self.stats.reclaimed += 1
+        self.touch(parent)
+
+    def _forget_node(self, node: Node) -> None:
+        self._queue_of(node).pop(node, None)
+        del self.nodes[node.ino]
+
+    def _detach(self, node: Node) -> None:
+        """Remove ``node``'s name from its directory."""
+        parent = node.parent
+        assert parent is not None and parent.children is not None
+        del parent.children[node.name]
+        if node.children is not None:
+            parent.subdirs -= 1
+        node.parent = None
+        self._queue_of(node).pop(node, None)
+
+    def _attach(self, parent: Node, name: bytes, node: Node) -> None:
+        assert parent.children is not None
+        parent.children[name] = node
+        if node.children is not None:
+            parent.subdirs += 1
+        node.parent = parent
+        node.name = name
+
+    def _unlink_node(self, node: Node) -> None:
+        """Detach a name on a process's request; the node lives on while referenced."""
+        self._detach(node)
+        node.ctime_ns = self._now_ns()
+        self._maybe_drop(node)
+
+    def _dir(self, ino: int) -> Node:
+        node = self.get(ino)
+        if node.children is None:
+            raise FsError(errno.ENOTDIR)
+        return node
+
+    def _modified(self, directory: Node) -> None:
+        directory.mtime_ns = directory.ctime_ns = self._now_ns()
+        self.touch(directory)
+
+    # ----------------------------------------------------------------- queries
+
+    def get(self, ino: int) -> Node:
+        try:
+            return self.nodes[ino]
+        except KeyError:
+            raise FsError(errno.ENOENT) from None
+
+    def child(self, parent_ino: int, name: bytes) -> Node:
+        """The node named ``name`` in directory ``parent_ino`` (no reference taken)."""
+        parent = self._dir(parent_ino)
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        assert parent.children is not None
+        try:
+            return parent.children[name]
+        except KeyError:
+            raise FsError(errno.ENOENT) from None
+
+    def listing(self, ino: int, after: int) -> Iterator[tuple[bytes, Node, int]]:
+        """Entries of a directory as ``(name, node, cookie)``, ``.`` and ``..`` first.
+
+        Cookies are 1 for ``.``, 2 for ``..`` and ``ino + 2`` for entries, listed in inode
+        order, so a listing resumed after any cookie neither repeats nor skips an entry that
+        exists throughout.
+        """
+        directory = self._dir(ino)
+        self.touch(directory)
+        if after < 1:
+            yield b".", directory, 1
+        if after < 2:
+            yield b"..", directory.parent or directory, 2
+        assert directory.children is not None
+        entries = sorted(
+            (node for node in directory.children.values() if node.ino + 2 > after),
+            key=lambda node: node.ino,
+        )
+        for node in entries:
+            if node.parent is directory:  # still there after earlier yields
+                yield node.name, node, node.ino + 2
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle_files) + len(self._idle_dirs)
+
+    def next_deadline(self) -> float | None:
+        """Monotonic time at which the oldest idle node becomes due, or ``None``."""
+        deadlines = []
+        for queue, delay in (
+            (self._idle_files, self.policy.file_delay),
+            (self._idle_dirs, self.policy.dir_grace),
+        ):
+            if queue:
+                deadlines.append(next(iter(queue)).last_used + delay)
+        return min(deadlines) if deadlines else None
+
+    # ----------------------------------------------------------------- kernel references
+
+    def lookup(self, parent_ino: int, name: bytes) -> Node:
+        """Resolve a name and take a kernel reference on the node it names."""
+        node = self.child(parent_ino, name)
+        self.remember(node)
+        assert node.parent is not None
+        self.touch(node.parent)
+        return node
+
+    def remember(self, node: Node) -> None:
+        """The kernel took one more lookup reference (an entry reply for ``node``)."""
+        node.lookups += 1
+        self.touch(node)
+
+    def forget(self, ino: int, count: int) -> None:
+        """The kernel dropped ``count`` lookup references on ``ino``."""
+        node = self.nodes.get(ino)
+        if node is None or node.ino == ROOT_INO:
+            return
+        node.lookups = max(0, node.lookups - count)
+        if node.lookups == 0:
+            self._maybe_drop(node)
+
+    def due(self) -> list[Node]:
+        """Pop idle nodes whose delay has passed.
+
+        Nodes the kernel no longer references are dropped here; the ones returned still have
+        kernel references, and the caller asks the kernel to drop their entries (FORGET then
+        drops the node). A returned node re-enters the queue on its next use.
+        """
+        now = self.clock()
+        out: list[Node] = []
+        for queue, delay in (
+            (self._idle_files, self.policy.file_delay),
+            (self._idle_dirs, self.policy.dir_grace),
+        ):
+            while queue:
+                node = next(iter(queue))
+                if node.last_used + delay > now:
+                    break
+                queue.popitem(last=False)
+                if not self._is_idle(node):
+                    continue
+                if node.lookups == 0:
+                    self._drop(node)
+                else:
+                    out.append(node)
+                    self.stats.invalidations += 1
+        return out
+
+    # ----------------------------------------------------------------- namespace changes
+
+    def _new_entry(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Node:
+        _check_name(name)
+        parent = self._dir(parent_ino)
+        assert parent.children is not None
+        if parent.parent is None:
+            raise FsError(errno.ENOENT)  # creating inside a removed directory
+        if name in parent.children:
+            raise FsError(errno.EEXIST)
+        if parent.mode & stat.S_ISGID:
+            gid = parent.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        node = self._new_node(mode, uid, gid)
+        self._attach(parent, name, node)
+        self._modified(parent)
+        return node
+
+    def mkdir(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Node:
+        """Create a directory; the reply is an entry, so the kernel holds one reference."""
+        node = self._new_entry(parent_ino, name, stat.S_IFDIR | (mode & 0o7777), uid, gid)
+        self.remember(node)
+        return node
+
+    def mknod(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Node:
+        """Create a regular file without opening it; other node types are refused (EPERM)."""
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+            raise FsError(errno.EPERM)
+        node = self._new_entry(parent_ino, name, stat.S_IFREG | (mode & 0o7777), uid, gid)
+        self.remember(node)
+        return node
+
+    def create(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Node:
+        """Create and open a regular file (the kernel checked O_EXCL against its dcache)."""
+        node = self._new_entry(parent_ino, name, stat.S_IFREG | (mode & 0o7777), uid, gid)
+        node.opens += 1
+        self.remember(node)
+        return node
+
+    def unlink(self, parent_ino: int, name: bytes) -> None:
+        node = self.child(parent_ino, name)
+        if node.children is not None:
+            raise FsError(errno.EISDIR)
+        self._unlink_node(node)
+        assert node.parent is None
+        self._modified(self._dir(parent_ino))
+
+    def rmdir(self, parent_ino: int, name: bytes) -> None:
+        node = self.child(parent_ino, name)
+        if node.children is None:
+            raise FsError(errno.ENOTDIR)
+        if node.children:
+            raise FsError(errno.ENOTEMPTY)
+        self._unlink_node(node)
+        self._modified(self._dir(parent_ino))
+
+    def rename(
+        self, old_parent_ino: int, old_name: bytes, new_parent_ino: int, new_name: bytes, flags: int
+    ) -> None:
+        """POSIX rename, plus ``RENAME_NOREPLACE`` and ``RENAME_EXCHANGE``."""
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
+            RENAME_NOREPLACE | RENAME_EXCHANGE
+        ):
+            raise FsError(errno.EINVAL)
+        _check_name(new_name)
+        node = self.child(old_parent_ino, old_name)
+        new_parent = self._dir(new_parent_ino)
+        old_parent = self._dir(old_parent_ino)
+        assert new_parent.children is not None
+        if new_parent.parent is None:
+            raise FsError(errno.ENOENT)
+        target = new_parent.children.get(new_name)
+        if node.children is not None and self._is_ancestor(node, new_parent):
+            raise FsError(errno.EINVAL)
+        if flags & RENAME_EXCHANGE:
+            if target is None:
+                raise FsError(errno.ENOENT)
+            if target.children is not None and self._is_ancestor(target, old_parent):
+                raise FsError(errno.EINVAL)
+            if target is not node:
+                self._detach(node)
+                self._detach(target)
+                self._attach(new_parent, new_name, node)
+                self._attach(old_parent, old_name, target)
+                target.ctime_ns = self._now_ns()
+                self.touch(target)
+        else:
+            if target is node:
+                return
+            if target is not None:
+                if flags & RENAME_NOREPLACE:
+                    raise FsError(errno.EEXIST)
+                if node.children is not None:
+                    if target.children is None:
+                        raise FsError(errno.ENOTDIR)
+                    if target.children:
+                        raise FsError(errno.ENOTEMPTY)
+                elif target.children is not None:
+                    raise FsError(errno.EISDIR)
+                self._unlink_node(target)
+            self._detach(node)
+            self._attach(new_parent, new_name, node)
+        node.ctime_ns = self._now_ns()
+        self.touch(node)
+        self._modified(old_parent)
+        if new_parent is not old_parent:
+            self._modified(new_parent)
+
+    def _is_ancestor(self, node: Node, other: Node) -> bool:
+        """Whether ``node`` is ``other`` or one of its ancestors."""
+        cursor: Node | None = other
+        while cursor is not None:
+            if cursor is node:
+                return True
+            if cursor.ino == ROOT_INO:
+                return False
+            cursor = cursor.parent
+        return False
+
+    # ----------------------------------------------------------------- open files and data
+
+    def open(self, ino: int) -> Node:
+        node = self.get(ino)
+        node.opens += 1
+        self.touch(node)
+        return node
+
+    def release(self, ino: int) -> None:
+        node = self.nodes.get(ino)
+        if node is None:
+            return
+        node.opens = max(0, node.opens - 1)
+        self.touch(node)
+        if node.opens == 0:
+            self._maybe_drop(node)
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        node = self.get(ino)
+        if node.data is None:
+            return b""
+        node.atime_ns = self._now_ns()
+        return bytes(node.data[offset : offset + size])
+
+    def write(self, ino: int, offset: int, buf: bytes) -> int:
+        node = self.get(ino)
+        if not buf:
+            return 0
+        data = node.data
+        if data is None:
+            data = node.data = bytearray()
+        if offset > len(data):
+            data.extend(bytes(offset - len(data)))
+        data[offset : offset + len(buf)] = buf
+        node.mtime_ns = node.ctime_ns = self._now_ns()
+        self.touch(node)
+        return len(buf)
+
+    def truncate(self, node: Node, size: int) -> None:
+        if node.children is not None:
+            raise FsError(errno.EISDIR)
+        if size < 0:
+            raise FsError(errno.EINVAL)
+        if size == 0:
+            node.data = None
+        else:
+            data = node.data if node.data is not None else bytearray()
+            if size < len(data):
+                del data[size:]
+            else:
+                data.extend(bytes(size - len(data)))
+            node.data = data
+        node.mtime_ns = node.ctime_ns = self._now_ns()
+        self.touch(node)
+
+    def setattr(
+        self,
+        ino: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Node:
+        """Change attributes (the kernel already checked permissions: default_permissions)."""
+        node = self.get(ino)
+        if size is not None:
+            self.truncate(node, size)
+        if mode is not None:
+            node.mode = stat.S_IFMT(node.mode) | (mode & 0o7777)
+        if uid is not None:
+            node.uid = uid
+        if gid is not None:
+            node.gid = gid
+        if atime_ns is not None:
+            node.atime_ns = atime_ns
+        if mtime_ns is not None:
+            node.mtime_ns = mtime_ns
+        node.ctime_ns = self._now_ns()
+        self.touch(node)
+        return node
+
+    # ----------------------------------------------------------------- consistency
+
+    def check(self) -> None:
+        """Assert the table's structural invariants (used by tests)."""
+        for node in self.nodes.values():
+            assert node.lookups >= 0 and node.opens >= 0
+            if node.ino == ROOT_INO:
+                continue
+            if node.parent is not None:
+                assert node.parent.children is not None
+                assert node.parent.children.get(node.name) is node, node.path()
+                assert node.parent.ino in self.nodes
+            else:
+                assert node.lookups or node.opens, f"unreferenced unlinked node {node.ino}"
+            if node.children is not None:
+                assert node.subdirs == sum(1 for c in node.children.values() if c.is_dir)
+            queued = node in self._queue_of(node)
+            if queued:
+                assert self._is_idle(node)
+        for queue in (self._idle_files, self._idle_dirs):
+            for node in queue:
+                assert self.nodes.get(node.ino) is node
