@@ -39,7 +39,12 @@ def escape_path(path: str) -> str:
 
 
 def socket_path(mountpoint: str) -> str:
-    return os.path.join(RUN_DIR, escape_path(os.path.realpath(mountpoint)) + ".sock")
+    """The socket of the mount at ``mountpoint``, an absolute path without symlinks.
+
+    The daemon must never resolve its own mountpoint (that would wait for itself), so the
+    client resolves it and the daemon uses the path it resolved before mounting.
+    """
+    return os.path.join(RUN_DIR, escape_path(mountpoint) + ".sock")
 
 
 Handler = Callable[[str], Any]
@@ -97,7 +102,7 @@ class ControlError(Exception):
 
 def query(mountpoint: str, command: str, timeout: float = 10.0) -> Any:
     """Send ``command`` to the daemon serving ``mountpoint`` and return its result."""
-    path = socket_path(mountpoint)
+    path = socket_path(os.path.realpath(mountpoint))
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)

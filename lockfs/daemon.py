@@ -155,7 +155,7 @@ class Daemon:
         if not self._mounted:
             return
         self._mounted = False
-        still_mounted = is_lockfs_mounted(self.mountpoint)
+        still_mounted = is_lockfs_mounted(self.mountpoint, resolve=False)
         if still_mounted and not self._try_unmount():
             log.error(
                 "leaving %s mounted without a daemon: it answers ENOTCONN until an "

@@ -28,9 +28,13 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mounts_at(path: str | os.PathLike[str]) -> list[str]:
-    """Filesystem types mounted exactly at ``path``, oldest first."""
-    target = os.path.realpath(path)
+def mounts_at(path: str | os.PathLike[str], *, resolve: bool = True) -> list[str]:
+    """Filesystem types mounted exactly at ``path``, oldest first.
+
+    A daemon asking about its own mountpoint passes ``resolve=False`` and a resolved path:
+    resolving stats the mount, which waits for the daemon itself.
+    """
+    target = os.path.realpath(path) if resolve else os.fspath(path)
     types = []
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
         for line in info:
@@ -41,9 +45,9 @@ def mounts_at(path: str | os.PathLike[str]) -> list[str]:
     return types
 
 
-def is_lockfs_mounted(path: str | os.PathLike[str]) -> bool:
+def is_lockfs_mounted(path: str | os.PathLike[str], *, resolve: bool = True) -> bool:
     """Whether the topmost mount at ``path`` is a lockfs."""
-    types = mounts_at(path)
+    types = mounts_at(path, resolve=resolve)
     return bool(types) and types[-1] == FSTYPE
 
 

@@ -1,0 +1,171 @@
+"""Fixtures that mount real lockfs filesystems in temporary directories.
+
+Every mount is a real ``lockfs -f`` daemon in a subprocess, driven from real subprocesses, and
+is unmounted in teardown even when the test fails. Tests that need FUSE fail (never skip) when
+/dev/fuse or root is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lockfs.control import query
+from lockfs.mounts import is_lockfs_mounted
+
+REPO = Path(__file__).resolve().parent.parent
+#: The interpreter that runs the daemon: LOCKFS_DAEMON_PYTHON=/usr/bin/python3 runs it on
+#: Debian's python3-pyfuse3/python3-trio instead of the test virtualenv.
+DAEMON_PYTHON = os.environ.get("LOCKFS_DAEMON_PYTHON", sys.executable)
+HELPERS = Path(__file__).resolve().parent / "helpers"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def require_fuse() -> None:
+    """Fail loudly when this machine cannot run the FUSE tests."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("the FUSE tests must run as root (they mount filesystems)")
+    if not os.path.exists("/dev/fuse"):
+        problems.append("/dev/fuse is missing")
+    if shutil.which("fusermount3") is None:
+        problems.append("fusermount3 is missing (apt-get install fuse3: run mount/setup --dev)")
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+def daemon_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class Mount:
+    """A running lockfs daemon in the foreground and the processes a test started on it."""
+
+    def __init__(self, path: Path, options: str, log: Path, env: dict[str, str]) -> None:
+        self.path = path
+        self.log = log
+        self.children: list[subprocess.Popen[Any]] = []
+        cmd = [DAEMON_PYTHON, "-m", "lockfs", str(path), "-f", "-o", options]
+        self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_for(self._ready, 15, f"lockfs to answer at {path}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"lockfs exited with {self.proc.returncode}:\n{self.log_text()}")
+        return is_lockfs_mounted(self.path) and os.stat(self.path).st_ino == 1
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def status(self) -> dict[str, Any]:
+        return query(str(self.path), "status")
+
+    def spawn(self, *args: str | os.PathLike[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start a process that the teardown kills if the test leaves it running."""
+        kwargs.setdefault("stdin", subprocess.PIPE)
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("text", True)
+        proc = subprocess.Popen([str(a) for a in args], **kwargs)
+        self.children.append(proc)
+        return proc
+
+    def helper(self, *args: str | os.PathLike[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``tests/helpers/locker.py`` with ``args``."""
+        return self.spawn(sys.executable, HELPERS / "locker.py", *args, **kwargs)
+
+    def run_helper(self, *args: str | os.PathLike[str], timeout: float = 30) -> str:
+        proc = self.helper(*args)
+        out, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, f"locker {args} failed ({proc.returncode}): {err}"
+        return out
+
+    def wait_reclaimed(self, timeout: float = 10.0, *, nodes: int = 1) -> dict[str, Any]:
+        """Wait until only ``nodes`` nodes (by default the root) are left in the daemon."""
+        return wait_for(
+            lambda: (s := self.status())["nodes"] <= nodes and s,
+            timeout,
+            f"the node table to shrink to {nodes}",
+        )
+
+    def stop(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
+                child.communicate(timeout=10)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if is_lockfs_mounted(self.path):
+            subprocess.run(["umount", "-l", str(self.path)], check=False)
+        self._log_file.close()
+
+
+@pytest.fixture
+def make_mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
+    """Factory: ``make_mount(options)`` mounts a fresh lockfs under ``tmp_path``."""
+    require_fuse()
+    mounts: list[Mount] = []
+
+    def make(options: str = "reclaim_delay=0.2,dir_grace=1", **env_extra: str) -> Mount:
+        path = Path(tempfile.mkdtemp(prefix="mnt-", dir=tmp_path))
+        env = daemon_env()
+        env.update(env_extra)
+        mount = Mount(path, options, tmp_path / f"lockfs-{len(mounts)}.log", env)
+        mounts.append(mount)
+        return mount
+
+    yield make
+    for mount in reversed(mounts):
+        mount.stop()
+
+
+@pytest.fixture
+def mnt(make_mount: Callable[..., Mount]) -> Mount:
+    """A lockfs with short reclaim delays (0.2 s files, 1 s directories)."""
+    return make_mount()
