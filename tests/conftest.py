@@ -129,12 +129,19 @@ class Mount:
         )
 
     def stop(self) -> None:
+        """Kill the test's processes, stop the daemon, and make sure nothing stays mounted."""
         for child in self.children:
-            if child.poll() is None:
+            with contextlib.suppress(OSError):
                 child.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
-                child.communicate(timeout=10)
+        for child in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=10)
+            for stream in (child.stdin, child.stdout, child.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
         if self.proc.poll() is None:
+            # The daemon unmounts on SIGTERM once nothing is open on the mount.
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=10)
@@ -151,9 +158,20 @@ def make_mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     """Factory: ``make_mount(options)`` mounts a fresh lockfs under ``tmp_path``."""
     require_fuse()
     mounts: list[Mount] = []
+    cleanup: list[Path] = []
 
-    def make(options: str = "reclaim_delay=0.2,dir_grace=1", **env_extra: str) -> Mount:
-        path = Path(tempfile.mkdtemp(prefix="mnt-", dir=tmp_path))
+    def make(
+        options: str = "reclaim_delay=0.2,dir_grace=1",
+        public: bool = False,
+        **env_extra: str,
+    ) -> Mount:
+        """``public``: mount where every user can reach it (pytest's tmp dirs are 0700)."""
+        if public:
+            path = Path(tempfile.mkdtemp(prefix="lockfs-test-", dir="/tmp"))
+            path.chmod(0o755)
+            cleanup.append(path)
+        else:
+            path = Path(tempfile.mkdtemp(prefix="mnt-", dir=tmp_path))
         env = daemon_env()
         env.update(env_extra)
         mount = Mount(path, options, tmp_path / f"lockfs-{len(mounts)}.log", env)
@@ -163,6 +181,9 @@ def make_mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     yield make
     for mount in reversed(mounts):
         mount.stop()
+    for path in cleanup:
+        if not is_lockfs_mounted(path):
+            path.rmdir()
 
 
 @pytest.fixture
