@@ -12,7 +12,10 @@ Kept thin on purpose: every rule about names, references and reclaim lives in
   OPEN + RELEASE only. Locks never need FLUSH: the kernel keeps them (no lock handlers here).
 * Entries and attributes are cached by the kernel for a long time: the kernel sees every change
   to the namespace itself, and the only change it does not see, reclaim, happens after the
-  kernel has forgotten the node.
+  kernel has forgotten the node. Directory entries are the exception: the kernel must
+  revalidate them (LOOKUP) well within the directory grace period, so that a path walk through
+  a directory that is about to be reclaimed (``mkdir -p`` answered from the dcache, then
+  ``open``) always reaches the daemon and counts as a use; see docs/design.md.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class LockOperations(pyfuse3.Operations):
     def __init__(self, table: NodeTable, *, trace: bool = False) -> None:
         super().__init__()
         self.table = table
+        #: Kept below the grace period: an unused directory's dentry is stale before it is due.
+        self.dir_entry_timeout = min(CACHE_TIMEOUT, table.policy.dir_grace / 2)
         self.trace = trace
         self.requests: Counter[str] = Counter()
         self.faults = 0
@@ -90,7 +95,6 @@ class LockOperations(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         attr.generation = 0
-        attr.entry_timeout = CACHE_TIMEOUT
         attr.attr_timeout = CACHE_TIMEOUT
         attr.st_mode = node.mode
         attr.st_nlink = node.nlink
@@ -98,8 +102,10 @@ class LockOperations(pyfuse3.Operations):
         attr.st_gid = node.gid
         attr.st_rdev = 0
         if node.children is not None:
+            attr.entry_timeout = self.dir_entry_timeout
             attr.st_size = DIRENT_SIZE * (len(node.children) + 2)
         else:
+            attr.entry_timeout = CACHE_TIMEOUT
             attr.st_size = node.size
         attr.st_blksize = BLOCK_SIZE
         attr.st_blocks = (node.size + 511) // 512
