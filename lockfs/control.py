@@ -8,6 +8,7 @@ command changes anything, so the socket cannot be used to disturb locks.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -38,30 +39,57 @@ def escape_path(path: str) -> str:
     return "".join(out)
 
 
+#: sun_path holds 108 bytes; longer socket names are shortened with a hash.
+MAX_SOCKET_PATH = 100
+
+
 def socket_path(mountpoint: str) -> str:
     """The socket of the mount at ``mountpoint``, an absolute path without symlinks.
 
     The daemon must never resolve its own mountpoint (that would wait for itself), so the
-    client resolves it and the daemon uses the path it resolved before mounting.
+    client resolves it and the daemon uses the path it resolved before mounting. Names that
+    would not fit in a socket address keep a readable prefix and end in a hash of the path.
     """
-    return os.path.join(RUN_DIR, escape_path(mountpoint) + ".sock")
+    path = os.path.join(RUN_DIR, escape_path(mountpoint) + ".sock")
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:16]
+    room = MAX_SOCKET_PATH - len(os.fsencode(RUN_DIR)) - len(digest) - len("/-.sock")
+    prefix = escape_path(mountpoint).encode()[: max(room, 0)].decode(errors="ignore")
+    return os.path.join(RUN_DIR, f"{prefix}-{digest}.sock")
 
 
 Handler = Callable[[str], Any]
 
 
-async def serve_control(path: str, handle: Handler) -> None:
-    """Answer commands on ``path`` until cancelled; the socket file is removed afterwards."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    if os.path.exists(path):
-        os.unlink(path)
+async def serve_control(
+    path: str, handle: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Answer commands on ``path`` until cancelled.
+
+    Started with ``nursery.start``: it reports started once the socket is bound (or binding
+    failed, which is logged: the mount serves on without its control socket). On the way out
+    the socket file is removed only if it is still this daemon's (a later mount at the same
+    place may have taken the name).
+    """
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
     try:
-        await listener.bind(path)
-    finally:
-        os.umask(old_umask)
-    listener.listen(16)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        old_umask = os.umask(0o177)
+        try:
+            await listener.bind(path)
+        finally:
+            os.umask(old_umask)
+        listener.listen(16)
+        bound = os.stat(path)
+    except OSError as exc:
+        listener.close()
+        log.error("no control socket for this mount (%s): %s", path, exc)
+        task_status.started()
+        return
+    task_status.started()
     try:
         async with trio.open_nursery() as nursery:
             while True:
@@ -69,8 +97,10 @@ async def serve_control(path: str, handle: Handler) -> None:
                 nursery.start_soon(_answer, conn, handle)
     finally:
         listener.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        with contextlib.suppress(OSError):
+            current = os.stat(path)
+            if (current.st_dev, current.st_ino) == (bound.st_dev, bound.st_ino):
+                os.unlink(path)
 
 
 async def _answer(conn: trio.socket.SocketType, handle: Handler) -> None:

@@ -4,7 +4,8 @@ Shutdown fails closed. SIGTERM and SIGINT unmount only if the kernel agrees that
 mount is in use (a plain, non-lazy umount); while any file is open the mount stays and keeps
 serving, because a lazy unmount would let new callers create a second lock file of the same
 name in the directory underneath while old holders still hold theirs. If the daemon dies, the
-mount stays in place and answers ENOTCONN until an administrator unmounts it.
+mount stays in place and answers ENOTCONN until an administrator unmounts it. The daemon only
+ever unmounts its own mount (identified by its mount ID), never one mounted after it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import trio
 
 from .control import serve_control, socket_path
 from .fuse_ops import LockOperations
-from .mounts import is_busy, is_lockfs_mounted, umount
+from .mounts import FSTYPE, entries_at, is_busy, umount
 from .nodes import NodeTable, ReclaimPolicy
 from .options import MountOptions
 from .reclaimer import reclaim_loop
@@ -32,6 +33,12 @@ log = logging.getLogger(__name__)
 #: Set in the environment (tests only) to make any request naming this entry fail with EIO.
 FAULT_ENV = "LOCKFS_FAULT_INJECTION"
 FAULT_NAME = b"__lockfs_fault__"
+
+#: Signals that ask the daemon to unmount (it refuses while files are open). The CLI blocks
+#: them from before mounting until the daemon receives them, so that one arriving during
+#: start-up is neither lost nor fatal (a fatal one would leave a dead mount behind).
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HANDLED_SIGNALS = (*SHUTDOWN_SIGNALS, signal.SIGHUP)
 
 
 def _inject_fault(handler: str, args: tuple[object, ...]) -> None:
@@ -56,12 +63,19 @@ class Daemon:
         if os.environ.get(FAULT_ENV):
             self.ops.fault_hook = _inject_fault
         self._mounted = False
+        #: The mount ID of this daemon's mount (None before mounting).
+        self.mount_id: int | None = None
+        #: Set once the kernel ended the FUSE session: the mount is gone, nothing to unmount.
+        self._session_ended = False
         self._started = time.monotonic()
 
     def mount(self) -> None:
         """Mount the filesystem (requests wait in the kernel until :meth:`serve` runs)."""
         pyfuse3.init(self.ops, self.mountpoint, self.options.fuse_options(self.fsname))
         self._mounted = True
+        # The caller holds the mountpoint claim, so the topmost lockfs here is this one.
+        ours = [e for e in entries_at(self.mountpoint, resolve_path=False) if e.fstype == FSTYPE]
+        self.mount_id = ours[-1].mount_id if ours else None
         log.info("mounted lockfs at %s", self.mountpoint)
 
     def serve(self, on_ready: Callable[[], None] = lambda: None) -> None:
@@ -75,10 +89,12 @@ class Daemon:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reclaim_loop, self.table, self._invalidate)
             nursery.start_soon(self._handle_signals)
-            nursery.start_soon(serve_control, socket_path(self.mountpoint), self._command)
+            # Bound before the mount is reported ready, so `lockfs status` works at once.
+            await nursery.start(serve_control, socket_path(self.mountpoint), self._command)
             on_ready()
             # Handlers never wait, so one worker task serves every request in turn.
             await pyfuse3.main(min_tasks=1, max_tasks=1)
+            self._session_ended = True
             log.info("FUSE session ended")
             nursery.cancel_scope.cancel()
 
@@ -124,15 +140,44 @@ class Daemon:
         pyfuse3.invalidate_entry_async(parent_ino, name, ignore_enoent=True)
 
     async def _handle_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        """SIGTERM/SIGINT: unmount if nothing is open, else log why not and keep serving."""
+        with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     continue
                 log.info("%s received: unmounting %s", signal.Signals(signum).name, self.mountpoint)
                 await trio.to_thread.run_sync(self._try_unmount)
 
+    def _own_mount_state(self) -> str:
+        """``"top"`` if this daemon's mount is the visible one at the mountpoint, ``"covered"``
+        if something is mounted over it, ``"detached"`` if it is no longer in the mount table
+        (unmounted lazily: the session ends when the last file on it is closed)."""
+        entries = entries_at(self.mountpoint, resolve_path=False)
+        if self.mount_id is None:  # not found after mounting: judge by the type on top
+            return "top" if entries and entries[-1].fstype == FSTYPE else "detached"
+        ids = [entry.mount_id for entry in entries]
+        if self.mount_id not in ids:
+            return "detached"
+        return "top" if ids[-1] == self.mount_id else "covered"
+
     def _try_unmount(self) -> bool:
-        """Unmount unless busy; the session then ends by itself."""
+        """Unmount (never lazily) unless busy; the session then ends by itself.
+
+        Returns whether the mount is gone. EBUSY means files are open on the mount, so locks
+        may be held: the mount stays and keeps serving (fail closed).
+        """
+        state = self._own_mount_state()
+        if state == "detached":
+            log.warning(
+                "%s was unmounted lazily: serving the processes that still have files open "
+                "there until they close them",
+                self.mountpoint,
+            )
+            return True
+        if state == "covered":
+            log.error("not unmounting %s: another filesystem is mounted over it", self.mountpoint)
+            return False
         try:
             umount(self.mountpoint)
         except OSError as exc:
@@ -140,8 +185,9 @@ class Daemon:
                 open_files = sum(1 for node in self.table.nodes.values() if node.opens)
                 log.error(
                     "not unmounting %s: it is busy (%d files open here). Locks may be held; "
-                    "stop their holders first (lsof %s). `umount -l` would detach the mount "
-                    "while they still hold locks and is unsafe.",
+                    "stop their holders first (fuser -vm %s), then stop lockfs again. "
+                    "`umount -l` would detach the mount while they still hold locks and is "
+                    "unsafe.",
                     self.mountpoint,
                     open_files,
                     self.mountpoint,
@@ -152,11 +198,15 @@ class Daemon:
         return True
 
     def _close(self) -> None:
+        """After serving: make sure this daemon's mount is either gone or, if it cannot be
+        unmounted safely, left in place to answer ENOTCONN (never lazily detached)."""
         if not self._mounted:
             return
         self._mounted = False
-        still_mounted = is_lockfs_mounted(self.mountpoint, resolve=False)
-        if still_mounted and not self._try_unmount():
+        # A session ended by the kernel means the mount is gone; its mount ID may even be
+        # reused by a new mount already, which must not be touched.
+        mounted = not self._session_ended and self._own_mount_state() != "detached"
+        if mounted and not self._try_unmount():
             log.error(
                 "leaving %s mounted without a daemon: it answers ENOTCONN until an "
                 "administrator runs `umount %s` once its holders are gone",

@@ -1,18 +1,39 @@
-"""Facts about mounts and mountpoints, read from /proc, and the checks made before mounting."""
+"""Facts about mounts and mountpoints, read from /proc, and the checks made before mounting.
+
+The invariant these checks keep: lockfs never mounts where a lock file could already be held,
+because hiding a held lock file under a new mount (or stacking a second lockfs on a first one)
+would let a second process take "the same" lock. So mounting is refused when the mountpoint is
+missing, not an empty directory, already a lockfs, or a dead lockfs whose old holders may still
+hold descriptors; and the check and the mount happen under an exclusive claim on the
+mountpoint, so two lockfs processes racing for one directory cannot both pass the check.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
-from pathlib import Path
+import stat
+from dataclasses import dataclass
 
 FSTYPE = "fuse.lockfs"
 
 
 class MountError(Exception):
     """Mounting cannot go ahead; the message says why, for the user."""
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo (the fields lockfs needs)."""
+
+    mount_id: int
+    mountpoint: str
+    fstype: str
+    source: str
+    options: str
 
 
 def _unescape(field: str) -> str:
@@ -28,21 +49,44 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
+def mount_table() -> list[MountEntry]:
+    """Every mount this process sees, in mountinfo order (a mount after the ones it covers)."""
+    entries = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
+        for line in info:
+            fields = line.split()
+            sep = fields.index("-")
+            entries.append(
+                MountEntry(
+                    mount_id=int(fields[0]),
+                    mountpoint=_unescape(fields[4]),
+                    fstype=fields[sep + 1],
+                    source=_unescape(fields[sep + 2]),
+                    options=fields[5],
+                )
+            )
+    return entries
+
+
+def resolve(path: str | os.PathLike[str]) -> str:
+    """An absolute path without symlinks. Never fails on a dead mount (realpath tolerates
+    ENOTCONN on the last component), but waits for a live FUSE mount to answer."""
+    return os.path.realpath(os.path.abspath(path))
+
+
+def entries_at(path: str | os.PathLike[str], *, resolve_path: bool = True) -> list[MountEntry]:
+    """The mounts exactly at ``path``, the covered ones first and the visible one last."""
+    target = resolve(path) if resolve_path else os.fspath(path)
+    return [entry for entry in mount_table() if entry.mountpoint == target]
+
+
 def mounts_at(path: str | os.PathLike[str], *, resolve: bool = True) -> list[str]:
     """Filesystem types mounted exactly at ``path``, oldest first.
 
     A daemon asking about its own mountpoint passes ``resolve=False`` and a resolved path:
     resolving stats the mount, which waits for the daemon itself.
     """
-    target = os.path.realpath(path) if resolve else os.fspath(path)
-    types = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
-        for line in info:
-            fields = line.split()
-            sep = fields.index("-")
-            if _unescape(fields[4]) == target:
-                types.append(fields[sep + 1])
-    return types
+    return [entry.fstype for entry in entries_at(path, resolve_path=resolve)]
 
 
 def is_lockfs_mounted(path: str | os.PathLike[str], *, resolve: bool = True) -> bool:
@@ -51,24 +95,92 @@ def is_lockfs_mounted(path: str | os.PathLike[str], *, resolve: bool = True) -> 
     return bool(types) and types[-1] == FSTYPE
 
 
+def dead_mount_message(path: str) -> str:
+    """What an administrator must do about a lockfs mount whose daemon is gone."""
+    return (
+        f"{path} is a dead lockfs mount: its daemon is gone and it answers ENOTCONN. Processes "
+        "may still hold lock files on it, so lockfs will not mount over it. Stop every process "
+        f"using it (fuser -vm {path}), then run `umount {path}` and mount again"
+    )
+
+
 def check_mountpoint(path: str) -> None:
-    """Refuse a mountpoint that is missing, not a directory, already lockfs, or not empty.
+    """Refuse a mountpoint that is missing, not a directory, a lockfs (live or dead), or not
+    empty. ``path`` must be absolute and resolved (see :func:`resolve`).
 
     Mounting over a non-empty lock directory would hide lock files that processes may hold,
     and a second lock file of the same name would break mutual exclusion.
     """
-    mountpoint = Path(path)
-    if not mountpoint.exists():
-        raise MountError(f"mountpoint {path} does not exist")
-    if not mountpoint.is_dir():
-        raise MountError(f"mountpoint {path} is not a directory")
-    if is_lockfs_mounted(path):
+    entries = entries_at(path, resolve_path=False)
+    if entries and entries[-1].fstype == FSTYPE:
+        try:
+            # statvfs always asks the daemon; stat may be answered from the attribute cache.
+            os.statvfs(path)
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                raise MountError(dead_mount_message(path)) from None
+            raise MountError(f"{path} is a lockfs mount that fails: {exc.strerror}") from None
         raise MountError(f"{path} is already a lockfs mount")
-    if any(mountpoint.iterdir()):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MountError(f"mountpoint {path} does not exist") from None
+    except OSError as exc:
+        raise MountError(f"mountpoint {path} cannot be used: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"mountpoint {path} is not a directory")
+    try:
+        with os.scandir(path) as listing:
+            empty = not any(True for _ in listing)
+    except OSError as exc:
+        raise MountError(f"mountpoint {path} cannot be listed: {exc.strerror}") from None
+    if not empty:
         raise MountError(
             f"mountpoint {path} is not empty: lock files in it could be held, and hiding "
             "them under a new mount would break mutual exclusion"
         )
+
+
+class MountpointClaim:
+    """An exclusive flock on the mountpoint directory, held from the check until the mount
+    is in place (or has been cleaned up).
+
+    A second lockfs that starts meanwhile waits for the claim and then finds the new mount,
+    so it fails with "already a lockfs mount" instead of stacking a second lockfs on top.
+    The lock belongs to the open file description: a forked child shares it, and it is
+    released when the last copy of the descriptor is closed.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+        check_mountpoint(path)  # fail fast, with the precise reason, before touching the path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise MountError(f"mountpoint {path} cannot be opened: {exc.strerror}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            check_mountpoint(path)  # again, now that no other lockfs can be mounting here
+            #: The mounts at ``path`` before lockfs mounted: anything newer is this claim's.
+            self.mount_ids_before = {e.mount_id for e in entries_at(path, resolve_path=False)}
+        except BaseException:
+            self.release()
+            raise
+
+    def new_mounts(self) -> list[MountEntry]:
+        """lockfs mounts at the path that appeared since the claim, topmost first."""
+        return [
+            entry
+            for entry in reversed(entries_at(self.path, resolve_path=False))
+            if entry.fstype == FSTYPE and entry.mount_id not in self.mount_ids_before
+        ]
+
+    def release(self) -> None:
+        """Close this copy of the descriptor (the claim ends when no copy is left)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def check_fuse_device() -> None:
@@ -83,11 +195,12 @@ def check_fuse_device() -> None:
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+MNT_DETACH = 2
 
 
 def umount(path: str, *, lazy: bool = False) -> None:
     """umount2(2); a busy mount raises ``OSError(EBUSY)`` unless ``lazy``."""
-    flags = 2 if lazy else 0  # MNT_DETACH
+    flags = MNT_DETACH if lazy else 0
     if _libc.umount2(os.fsencode(path), flags) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"umount {path}: {os.strerror(code)}")

@@ -1,4 +1,19 @@
-"""Mount options: parsing ``-o`` strings (command line, fstab, mount units) into settings."""
+"""Mount options: parsing ``-o`` strings (command line, fstab, mount units) into settings.
+
+What reaches lockfs through ``mount -t fuse.lockfs`` (util-linux 2.38 mount(8), then fuse3 3.14
+mount.fuse3, which runs ``lockfs SOURCE MOUNTPOINT -o OPTIONS`` through ``/bin/sh -c``):
+
+* mount(8) drops ``defaults``, ``noauto``, ``x-*``/``X-*`` and ``comment=`` options, turns
+  ``uid=NAME``/``gid=NAME`` into numbers, and always adds ``rw`` or ``ro``;
+* mount.fuse3 drops ``user``, ``nouser``, ``users``, ``auto``, ``noauto``, ``nofail``,
+  ``_netdev`` and empty items, consumes ``setuid=USER`` and ``drop_privileges`` itself, and
+  adds ``dev`` and ``suid`` unless ``nodev``/``nosuid`` were given.
+
+lockfs accepts all of these (and the ones mount(8) would have dropped, for ``lockfs -o`` run by
+hand), so that any option line valid in fstab or a mount unit is valid here. Unknown options
+are errors, never silently ignored, and options that would weaken the lock guarantees are
+refused with the reason.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +21,56 @@ import grp
 import pwd
 from dataclasses import dataclass, field
 
-#: Flags handed through to the kernel mount unchanged.
+#: VFS flags handed to the kernel mount through libfuse (the ones libfuse 3.14 accepts).
 KERNEL_FLAGS = frozenset(
     {
         "rw", "ro", "suid", "nosuid", "dev", "nodev", "exec", "noexec",
-        "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime",
-        "strictatime", "sync", "async", "dirsync", "lazytime", "nolazytime",
+        "atime", "noatime", "sync", "async", "dirsync",
+    }
+)  # fmt: skip
+
+#: Each kernel flag and the flag it cancels: of the two, the one given last is in force.
+OPPOSITES = {
+    "rw": "ro", "suid": "nosuid", "dev": "nodev", "exec": "noexec", "atime": "noatime",
+    "sync": "async",
+}  # fmt: skip
+OPPOSITES.update({flag: opposite for opposite, flag in OPPOSITES.items()})
+
+#: Access-time and message flags that mount(8) may pass but libfuse rejects. They make no
+#: difference to a lock directory (its timestamps live in the daemon): accepted and ignored.
+NO_EFFECT_FLAGS = frozenset(
+    {
+        "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime",
+        "lazytime", "nolazytime", "silent", "loud",
     }
 )  # fmt: skip
 
 #: Options meant for mount(8), fstab or systemd, not for the filesystem: accepted and ignored.
 IGNORED = frozenset(
-    {"defaults", "auto", "noauto", "user", "nouser", "users", "nofail", "_netdev", "owner"}
-)
-IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=")
+    {
+        "defaults", "auto", "noauto", "user", "nouser", "users", "group", "owner",
+        "nofail", "_netdev",
+    }
+)  # fmt: skip
+IGNORED_PREFIXES = ("x-", "X-", "comment=", "fsname=", "subtype=", "user=", "helper=")
 
 #: Always in force: the kernel checks permissions, and every user may use the lock directory.
 ALWAYS = ("default_permissions", "allow_other")
+
+#: Options refused with a reason: each would break mutual exclusion or the safe shutdown.
+REFUSED = {
+    "auto_unmount": "auto_unmount would unmount the lock directory when the daemon dies, so "
+    "new callers could take locks that old holders still hold; lockfs fails closed instead "
+    "(the mount answers ENOTCONN until an administrator unmounts it)",
+    "nonempty": "nonempty: lockfs never mounts over a non-empty directory, because lock files "
+    "in it could be held",
+    "remount": "remount is not supported: unmount and mount again (once no locks are held)",
+    "drop_privileges": "drop_privileges is not supported: lockfs must check the mountpoint "
+    "before mounting and unmount itself only when nothing is open, which needs root",
+    "setuid": "setuid= is not supported: lockfs runs as root (use uid=, gid= and mode= to "
+    "give a user the lock directory)",
+    "allow_root": "allow_root is not supported: lockfs always mounts with allow_other",
+}
 
 
 class OptionError(ValueError):
@@ -85,7 +133,9 @@ def _seconds(key: str, value: str) -> float:
 
 
 def parse_options(option_strings: list[str], options: MountOptions | None = None) -> MountOptions:
-    """Parse ``-o`` arguments (each a comma-separated list) into :class:`MountOptions`."""
+    """Parse ``-o`` arguments (each a comma-separated list, as in fstab) into
+    :class:`MountOptions`. Later options win: of a kernel flag and its opposite only the
+    last one given is kept, so ``dev,suid,nodev`` means ``nodev,suid``."""
     opts = options or MountOptions()
     for option_string in option_strings:
         for item in option_string.split(","):
@@ -93,12 +143,18 @@ def parse_options(option_strings: list[str], options: MountOptions | None = None
             if not item:
                 continue
             key, has_value, value = item.partition("=")
+            if key in REFUSED:
+                raise OptionError(REFUSED[key])
             if key in ALWAYS and not has_value:
                 continue
             if item in IGNORED or item.startswith(IGNORED_PREFIXES):
                 continue
             if key in KERNEL_FLAGS and not has_value:
+                cancelled = (key, OPPOSITES.get(key))
+                opts.kernel_flags = [f for f in opts.kernel_flags if f not in cancelled]
                 opts.kernel_flags.append(key)
+            elif key in NO_EFFECT_FLAGS and not has_value:
+                continue
             elif key == "debug" and not has_value:
                 opts.debug = True
             elif key == "uid" and has_value:

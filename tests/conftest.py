@@ -8,6 +8,7 @@ is unmounted in teardown even when the test fails. Tests that need FUSE fail (ne
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from lockfs.control import query
+from lockfs.control import ControlError, query
 from lockfs.mounts import is_lockfs_mounted
 
 REPO = Path(__file__).resolve().parent.parent
@@ -190,3 +191,157 @@ def make_mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
 def mnt(make_mount: Callable[..., Mount]) -> Mount:
     """A lockfs with short reclaim delays (0.2 s files, 1 s directories)."""
     return make_mount()
+
+
+# --- Daemonized mounts: `lockfs DIR` and `mount -t fuse.lockfs` --------------------------------
+
+PR_SET_CHILD_SUBREAPER = 36
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _set_subreaper(on: bool) -> None:
+    if _libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def lockfs_command(*args: str | os.PathLike[str]) -> list[str]:
+    """The development ``lockfs`` command (this checkout, on DAEMON_PYTHON)."""
+    return [DAEMON_PYTHON, "-m", "lockfs", *(str(a) for a in args)]
+
+
+def _orphaned_daemons() -> set[int]:
+    """Children of this process that lead their own session: daemons that were reparented
+    here (the foreground daemons of :class:`Mount` never call setsid)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ppid, session = int(fields[1]), int(fields[3])
+        if ppid == os.getpid() and session == int(entry):
+            found.add(int(entry))
+    return found
+
+
+class Daemons:
+    """Daemonized lockfs mounts of one test, and their cleanup.
+
+    While a test uses it, the test process is a child subreaper: a daemon forked by ``lockfs``
+    or ``mount`` (which then exit) becomes its child, so the test can read the daemon's exit
+    status with :meth:`wait_exit`. Teardown, even after a failure, kills the processes the test
+    started, unmounts every lockfs left on the test's mountpoints (plain ``umount`` first,
+    ``umount -l`` only as a last resort) and reaps the daemons.
+    """
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.paths: list[Path] = []
+        self.children: list[subprocess.Popen[Any]] = []
+        self.pids: set[int] = set()
+        _set_subreaper(True)
+
+    def mountpoint(self, name: str = "mnt") -> Path:
+        """A new empty directory that teardown unmounts. Its name is short and has no "-"
+        (escaped as four bytes): the daemon's control socket name grows with the path."""
+        path = Path(tempfile.mkdtemp(prefix=name, dir=self.tmp_path))
+        self.paths.append(path)
+        return path
+
+    def track(self, path: Path) -> None:
+        """Let teardown clean up a mountpoint the test made itself."""
+        self.paths.append(path)
+
+    def run(
+        self, *cmd: str | os.PathLike[str], timeout: float = 60, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command from ``tmp_path``: mount(8) turns a source such as ``lockfs`` into a
+        path when the working directory happens to hold an entry of that name."""
+        kwargs.setdefault("cwd", self.tmp_path)
+        return subprocess.run(
+            [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kwargs
+        )
+
+    def lockfs(self, *args: str | os.PathLike[str], **env: str) -> subprocess.CompletedProcess[str]:
+        """Run the development ``lockfs`` with ``args`` (and extra environment)."""
+        full_env = daemon_env()
+        full_env.update(env)
+        return self.run(*lockfs_command(*args), env=full_env)
+
+    def daemon_pid(self, path: Path) -> int:
+        """The pid of the daemon serving ``path`` (it must be reparented here). The control
+        socket may be bound a moment after the mount answers, so this polls."""
+
+        def status() -> dict[str, Any] | None:
+            try:
+                return query(str(path), "status", timeout=2)
+            except ControlError:
+                return None
+
+        pid = int(wait_for(status, 10, f"the control socket of {path}")["pid"])
+        self.pids.add(pid)
+        return pid
+
+    def wait_exit(self, pid: int, timeout: float = 10.0) -> int:
+        """Wait for daemon ``pid`` to exit; its exit code (negative: killed by a signal)."""
+
+        def reaped() -> list[int] | None:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            return [os.waitstatus_to_exitcode(status)] if got == pid else None
+
+        code = wait_for(reaped, timeout, f"lockfs daemon {pid} to exit")[0]
+        self.pids.discard(pid)
+        return int(code)
+
+    def spawn(self, *args: str | os.PathLike[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start a process that teardown kills if the test leaves it running."""
+        kwargs.setdefault("stdin", subprocess.PIPE)
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("text", True)
+        proc = subprocess.Popen([str(a) for a in args], **kwargs)
+        self.children.append(proc)
+        return proc
+
+    def helper(self, *args: str | os.PathLike[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``tests/helpers/locker.py`` with ``args``."""
+        return self.spawn(sys.executable, HELPERS / "locker.py", *args, **kwargs)
+
+    def cleanup(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
+                child.communicate(timeout=10)
+        for path in self.paths:
+            for _ in range(10):
+                if not is_lockfs_mounted(path):
+                    break
+                with contextlib.suppress(Exception):
+                    self.pids.add(int(query(str(path), "status", timeout=2)["pid"]))
+                if subprocess.run(["umount", str(path)], capture_output=True).returncode:
+                    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        for pid in self.pids | _orphaned_daemons():
+            deadline = time.monotonic() + 10
+            with contextlib.suppress(ChildProcessError):
+                while os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    if time.monotonic() > deadline:
+                        os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                        break
+                    time.sleep(0.01)
+        _set_subreaper(False)
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    """Daemonized lockfs mounts in ``tmp_path``, unmounted and reaped in teardown."""
+    require_fuse()
+    handle = Daemons(tmp_path)
+    try:
+        yield handle
+    finally:
+        handle.cleanup()

@@ -1,0 +1,339 @@
+"""The ``lockfs`` command on real mounts: readiness, failures, exit status and shutdown.
+
+Daemonized mounts (``lockfs DIR``) use the ``daemons`` fixture, which makes the test process
+the daemons' subreaper so their exit status can be checked; foreground mounts (``lockfs -f``)
+use ``make_mount``. Every mount is removed in teardown, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import Daemons, Mount, daemon_env, lockfs_command, wait_for
+
+from lockfs.mounts import FSTYPE, entries_at, is_lockfs_mounted
+
+EXIT_BUSY = 3  # locker.py: the lock is held by someone else
+
+
+def mount_ids(path: Path) -> list[int]:
+    return [entry.mount_id for entry in entries_at(path)]
+
+
+def assert_serving(path: Path) -> None:
+    """The mount answers right now (statvfs is never answered from a cache)."""
+    assert is_lockfs_mounted(path)
+    assert os.stat(path).st_ino == 1
+    os.statvfs(path)
+
+
+def errno_of(fn: Callable[..., object], *args: object) -> int:
+    with pytest.raises(OSError) as info:
+        fn(*args)
+    return int(info.value.errno)
+
+
+def hold_lock(runner: Daemons | Mount, path: Path) -> subprocess.Popen[str]:
+    """A process that takes PBS's lock on ``path`` and holds it until told to stop."""
+    holder = runner.helper("pbs", path)
+    assert holder.stdout is not None
+    assert holder.stdout.readline().startswith("locked "), holder.stderr
+    return holder
+
+
+def release(holder: subprocess.Popen[str]) -> None:
+    _out, err = holder.communicate("\n", timeout=10)
+    assert holder.returncode == 0, err
+
+
+def lock_is_busy(runner: Daemons | Mount, path: Path) -> bool:
+    proc = runner.helper("pbs", path, "--release")
+    proc.communicate(timeout=10)
+    return proc.returncode == EXIT_BUSY
+
+
+# --- Readiness and the arguments mount.fuse3 passes ------------------------------------------
+
+
+@pytest.mark.parametrize("end", ["umount", "fusermount3", "SIGTERM"])
+def test_returns_once_the_mount_answers_and_the_daemon_exits_0(daemons: Daemons, end: str) -> None:
+    path = daemons.mountpoint()
+    result = daemons.lockfs(path, "-o", "uid=backup,gid=backup,mode=0750")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    # No waiting: the command returned only once the mount served requests.
+    assert_serving(path)
+    st = os.stat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o750 and (st.st_uid, st.st_gid) == (34, 34)
+    pid = daemons.daemon_pid(path)
+    if end == "SIGTERM":
+        os.kill(pid, signal.SIGTERM)
+    else:
+        cmd = ["umount", path] if end == "umount" else ["fusermount3", "-u", path]
+        assert daemons.run(*cmd).returncode == 0
+    assert daemons.wait_exit(pid) == 0
+    assert mount_ids(path) == []
+
+
+def test_accepts_what_mount_fuse3_passes(daemons: Daemons) -> None:
+    """mount.fuse3 runs ``lockfs SOURCE MOUNTPOINT -o OPTIONS`` (no SOURCE when it is empty)."""
+    path = daemons.mountpoint()
+    result = daemons.lockfs("lockfs", path, "-o", "rw,nosuid,nodev,noexec,uid=34,gid=34,mode=0755")
+    assert result.returncode == 0, result.stderr
+    (entry,) = entries_at(path)
+    assert (entry.fstype, entry.source) == (FSTYPE, "lockfs")
+    assert {"rw", "nosuid", "nodev", "noexec"} <= set(entry.options.split(","))
+    assert daemons.run("umount", path).returncode == 0
+
+    result = daemons.lockfs(path, "-o", "rw,dev,suid")
+    assert result.returncode == 0, result.stderr
+    (entry,) = entries_at(path)
+    assert "nosuid" not in entry.options.split(",") and "nodev" not in entry.options.split(",")
+
+
+def test_relative_mountpoint(daemons: Daemons) -> None:
+    path = daemons.mountpoint()
+    result = daemons.run(*lockfs_command(path.name), cwd=path.parent, env=daemon_env())
+    assert result.returncode == 0, result.stderr
+    assert_serving(path)
+    assert entries_at(path)[-1].mountpoint == str(path)
+
+
+def test_concurrent_starts_mount_once(daemons: Daemons) -> None:
+    """The mountpoint claim: of several lockfs started at once, exactly one mounts."""
+    path = daemons.mountpoint()
+    procs = [daemons.spawn(*lockfs_command(path), env=daemon_env()) for _ in range(4)]
+    results = [(p.wait(timeout=30), p.communicate()[1]) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 1, 1, 1], results
+    assert all("already a lockfs mount" in err for code, err in results if code), results
+    assert [e.fstype for e in entries_at(path)] == [FSTYPE]
+    assert_serving(path)
+
+
+# --- Failures: non-zero, a clear message, and no mount left behind ----------------------------
+
+
+def _missing(daemons: Daemons) -> Path:
+    path = daemons.mountpoint()
+    path.rmdir()
+    return path
+
+
+def _file(daemons: Daemons) -> Path:
+    path = daemons.mountpoint()
+    path.rmdir()
+    path.touch()
+    return path
+
+
+def _not_empty(daemons: Daemons) -> Path:
+    path = daemons.mountpoint()
+    (path / "store1").mkdir()
+    (path / "store1" / "vm-100").touch()
+    return path
+
+
+def _mounted(daemons: Daemons) -> Path:
+    path = daemons.mountpoint()
+    assert daemons.lockfs(path).returncode == 0
+    return path
+
+
+def _dead(daemons: Daemons) -> Path:
+    path = _mounted(daemons)
+    pid = daemons.daemon_pid(path)
+    os.kill(pid, signal.SIGKILL)
+    assert daemons.wait_exit(pid) == -signal.SIGKILL
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "message"),
+    [
+        (_missing, [], "does not exist"),
+        (_file, [], "is not a directory"),
+        (_not_empty, [], "is not empty: lock files in it could be held"),
+        (_mounted, [], "is already a lockfs mount"),
+        (_dead, [], "is a dead lockfs mount: its daemon is gone and it answers ENOTCONN"),
+        (Daemons.mountpoint, ["-o", "uid=backup,bogus"], "unknown mount option: bogus"),
+        (Daemons.mountpoint, ["-o", "mode=0999"], "mode=0999: not an octal number"),
+        (Daemons.mountpoint, ["-o", "auto_unmount"], "auto_unmount would unmount"),
+        (Daemons.mountpoint, ["-f", "-o", "nonempty"], "never mounts over a non-empty"),
+    ],
+    ids=[
+        "missing", "file", "not-empty", "mounted", "dead", "unknown-option", "bad-mode",
+        "auto_unmount", "nonempty",
+    ],
+)  # fmt: skip
+def test_failures(
+    daemons: Daemons, make: Callable[[Daemons], Path], args: list[str], message: str
+) -> None:
+    path = make(daemons)
+    before = mount_ids(path)
+    result = daemons.lockfs(path, *args)
+    assert result.returncode == 1
+    assert result.stderr.startswith("lockfs: ") and message in result.stderr, result.stderr
+    assert mount_ids(path) == before
+
+
+def test_usage_error(daemons: Daemons) -> None:
+    result = daemons.lockfs()
+    assert result.returncode == 2 and "usage: lockfs" in result.stderr
+
+
+def test_no_dev_fuse(daemons: Daemons) -> None:
+    """Without /dev/fuse (here: hidden in a private mount namespace) nothing is mounted."""
+    path = daemons.mountpoint()
+    script = 'mount -t tmpfs none /dev && exec "$@"'
+    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+    result = daemons.run(*cmd, *lockfs_command(path), env=daemon_env())
+    assert result.returncode == 1, result.stderr
+    assert "lockfs: cannot open /dev/fuse: No such file or directory" in result.stderr
+    assert mount_ids(path) == []
+
+
+def test_drop_privileges_descriptor_is_refused(daemons: Daemons) -> None:
+    """mount.fuse3's drop_privileges hands over /dev/fd/N instead of a mountpoint."""
+    result = daemons.lockfs("lockfs", "/dev/fd/3", "-o", "rw")
+    assert result.returncode == 1
+    assert "drop_privileges): not supported" in result.stderr
+
+
+@pytest.mark.parametrize("fault", ["kill-after-mount", "kill-when-ready"])
+def test_daemon_death_during_start_leaves_no_mount(daemons: Daemons, fault: str) -> None:
+    path = daemons.mountpoint()
+    result = daemons.lockfs(path, LOCKFS_STARTUP_FAULT=fault)
+    assert result.returncode == 1
+    expected = "was killed by SIGKILL" if fault == "kill-after-mount" else "does not answer"
+    assert expected in result.stderr, result.stderr
+    assert mount_ids(path) == []
+    # The directory is usable again at once.
+    assert daemons.lockfs(path).returncode == 0
+    assert_serving(path)
+
+
+# --- Shutdown: fail closed -------------------------------------------------------------------
+
+
+def test_sigterm_during_start_is_acted_on_once_serving(daemons: Daemons) -> None:
+    """A SIGTERM between mount(2) and the signal handler is held back, not fatal: the daemon
+    comes up, then unmounts cleanly and exits 0 (default handling would leave a dead mount)."""
+    path = daemons.mountpoint()
+    env = {**daemon_env(), "LOCKFS_STARTUP_FAULT": "term-after-mount"}
+    proc = daemons.spawn(*lockfs_command(path, "-f"), env=env)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "SIGTERM received: unmounting" in err and "stopped" in err
+    assert mount_ids(path) == []
+
+
+@pytest.mark.parametrize("end", ["SIGTERM", "SIGINT", "umount", "fusermount3"])
+def test_foreground_exit_status_0(make_mount: Callable[..., Mount], end: str) -> None:
+    mnt = make_mount()
+    if end.startswith("SIG"):
+        mnt.proc.send_signal(getattr(signal, end))
+    else:
+        cmd = ["umount", mnt.path] if end == "umount" else ["fusermount3", "-u", mnt.path]
+        subprocess.run(cmd, check=True)
+    assert mnt.proc.wait(timeout=10) == 0, mnt.log_text()
+    assert not is_lockfs_mounted(mnt.path)
+    assert "stopped" in mnt.log_text()
+
+
+def test_sigterm_while_a_lock_is_held_keeps_serving(make_mount: Callable[..., Mount]) -> None:
+    mnt = make_mount()
+    lock = mnt / "store1" / "vm-100"
+    lock.parent.mkdir()
+    holder = hold_lock(mnt, lock)
+    mnt.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "not unmounting" in mnt.log_text(), what="the refusal to be logged")
+    assert "it is busy (" in mnt.log_text()
+    assert mnt.proc.poll() is None
+    assert_serving(mnt.path)
+    assert lock_is_busy(mnt, lock)  # the lock is still held, and still exclusive
+    release(holder)
+    mnt.proc.send_signal(signal.SIGTERM)
+    assert mnt.proc.wait(timeout=10) == 0, mnt.log_text()
+    assert not is_lockfs_mounted(mnt.path)
+
+
+def test_plain_umount_is_refused_while_a_lock_is_held(make_mount: Callable[..., Mount]) -> None:
+    mnt = make_mount()
+    holder = hold_lock(mnt, mnt / "lock")
+    result = subprocess.run(["umount", mnt.path], capture_output=True, text=True)
+    assert result.returncode != 0 and "target is busy" in result.stderr
+    assert_serving(mnt.path)
+    assert lock_is_busy(mnt, mnt / "lock")
+    release(holder)
+    subprocess.run(["umount", mnt.path], check=True)
+    assert mnt.proc.wait(timeout=10) == 0
+
+
+def test_lazy_umount_breaks_mutual_exclusion(make_mount: Callable[..., Mount]) -> None:
+    """Why ``umount -l`` is documented as unsafe: the old holder keeps its lock on the
+    detached mount while a new caller takes "the same" lock in the directory underneath."""
+    mnt = make_mount()
+    holder = hold_lock(mnt, mnt / "lock")
+    subprocess.run(["umount", "-l", mnt.path], check=True)
+    assert not is_lockfs_mounted(mnt.path)
+    assert not lock_is_busy(mnt, mnt / "lock")  # a second holder of the same lock
+    (mnt / "lock").unlink()  # a plain file in the directory underneath
+    assert mnt.proc.poll() is None  # still serving the old holder
+    release(holder)
+    assert mnt.proc.wait(timeout=10) == 0, mnt.log_text()
+
+
+def test_a_lazily_detached_daemon_leaves_a_newer_mount_alone(
+    make_mount: Callable[..., Mount], daemons: Daemons
+) -> None:
+    """After ``umount -l`` and a new mount at the same place, SIGTERM to the old daemon and
+    its exit must not unmount the new one (the daemon knows its own mount ID)."""
+    old = make_mount()
+    daemons.track(old.path)
+    holder = hold_lock(old, old / "lock")
+    subprocess.run(["umount", "-l", old.path], check=True)
+    assert daemons.lockfs(old.path).returncode == 0
+    new_ids = mount_ids(old.path)
+    old.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "was unmounted lazily" in old.log_text(), what="the old daemon's answer")
+    release(holder)
+    assert old.proc.wait(timeout=10) == 0, old.log_text()
+    assert mount_ids(old.path) == new_ids
+    assert_serving(old.path)
+
+
+def test_sigkill_leaves_enotconn_until_umount(
+    make_mount: Callable[..., Mount], daemons: Daemons
+) -> None:
+    mnt = make_mount()
+    daemons.track(mnt.path)
+    lock = mnt / "lock"
+    holder = hold_lock(mnt, lock)
+    mnt.proc.kill()
+    mnt.proc.wait(timeout=10)
+    # Fail closed: the mount stays, nobody gets a second copy of the held lock.
+    assert is_lockfs_mounted(mnt.path)
+    assert errno_of(os.statvfs, mnt.path) == errno.ENOTCONN
+    assert errno_of(os.open, lock, os.O_RDWR) == errno.ENOTCONN
+    again = daemons.lockfs(mnt.path)
+    assert again.returncode == 1 and "dead lockfs mount" in again.stderr
+    # Recovery as documented: stop the holders, umount, mount again.
+    busy = subprocess.run(["umount", mnt.path], capture_output=True, text=True)
+    assert busy.returncode != 0 and "target is busy" in busy.stderr
+    holder.kill()
+    holder.wait(timeout=10)
+    subprocess.run(["umount", mnt.path], check=True)
+    assert not is_lockfs_mounted(mnt.path)
+    assert os.listdir(mnt.path) == []
+    result = daemons.lockfs(mnt.path)
+    assert result.returncode == 0, result.stderr
+    assert_serving(mnt.path)
+    pid = daemons.daemon_pid(mnt.path)
+    subprocess.run(["umount", mnt.path], check=True)
+    assert daemons.wait_exit(pid) == 0
