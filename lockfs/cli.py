@@ -13,7 +13,6 @@ is unmounted (``umount``, ``fusermount3 -u``, or SIGTERM/SIGINT while nothing is
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import logging.handlers
 import os
@@ -23,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .admin import SUBCOMMANDS
 from .mounts import MountError, MountpointClaim, check_fuse_device, resolve, umount
 from .options import MountOptions, OptionError, parse_options
 
@@ -90,24 +90,6 @@ def _setup_logging(debug: bool, to_syslog: bool, quiet: bool = False) -> None:
 def _fail(message: str) -> int:
     print(f"lockfs: {message}", file=sys.stderr)
     return EXIT_FAILURE
-
-
-def status_main(argv: Sequence[str]) -> int:
-    """``lockfs status MOUNTPOINT``: the daemon's counters as JSON."""
-    from .control import ControlError, query
-
-    parser = argparse.ArgumentParser(prog="lockfs status")
-    parser.add_argument("mountpoint")
-    args = parser.parse_args(argv)
-    try:
-        result = query(args.mountpoint, "status")
-    except ControlError as exc:
-        return _fail(str(exc))
-    print(json.dumps(result, indent=2, sort_keys=True))
-    return 0
-
-
-SUBCOMMANDS = {"status": status_main}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyfuse3
@@ -23,6 +23,8 @@ import trio
 
 from .control import serve_control, socket_path
 from .fuse_ops import LockOperations
+from .locks import read_proc_locks
+from .metrics import prometheus_text, write_atomically
 from .mounts import FSTYPE, entries_at, is_busy, umount
 from .nodes import NodeTable, ReclaimPolicy
 from .options import MountOptions
@@ -89,6 +91,10 @@ class Daemon:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reclaim_loop, self.table, self._invalidate)
             nursery.start_soon(self._handle_signals)
+            if self.options.metrics_file:
+                nursery.start_soon(
+                    self._write_metrics, self.options.metrics_file, self.options.metrics_interval
+                )
             # Bound before the mount is reported ready, so `lockfs status` works at once.
             await nursery.start(serve_control, socket_path(self.mountpoint), self._command)
             on_ready()
@@ -99,9 +105,29 @@ class Daemon:
             nursery.cancel_scope.cancel()
 
     def _command(self, command: str) -> Any:
-        if command == "status":
+        """Answer a control-socket command; none of them changes anything."""
+        verb, _, rest = command.partition(" ")
+        if verb == "status" and not rest:
             return self.status()
+        if verb == "nodes":
+            return self.node_info(int(word) for word in rest.split())
         raise ValueError(f"unknown command {command!r}")
+
+    def node_info(self, inos: Iterable[int]) -> dict[str, dict[str, Any]]:
+        """Path, link state and open time of the given inode numbers (for `lockfs locks`)."""
+        now = self.table.clock()
+        info = {}
+        for ino in inos:
+            node = self.table.nodes.get(ino)
+            if node is None:
+                continue
+            info[str(ino)] = {
+                "path": node.path().decode("utf-8", "backslashreplace"),
+                "linked": node.parent is not None,
+                "opens": node.opens,
+                "open_for": round(now - node.open_since, 3) if node.opens else None,
+            }
+        return info
 
     def status(self) -> dict[str, Any]:
         """Counters and sizes of this mount, for `lockfs status` and the tests."""
@@ -132,8 +158,27 @@ class Daemon:
                 "reclaim_delay": self.options.reclaim_delay,
                 "dir_grace": self.options.dir_grace,
                 "debug": self.options.debug,
+                "kernel_flags": self.options.kernel_flags,
+                "metrics_file": self.options.metrics_file,
             },
         }
+
+    async def _write_metrics(self, path: str, interval: float) -> None:
+        """Rewrite the Prometheus text file every ``interval`` seconds (and at the start)."""
+        while True:
+            try:
+                locks = read_proc_locks(self._device())
+                write_atomically(path, prometheus_text(self.status(), locks))
+            except OSError as exc:
+                log.error("cannot write metrics to %s: %s", path, exc)
+            await trio.sleep(interval)
+
+    def _device(self) -> int:
+        """The mount's device number, from the mount table (never by stat'ing the mount)."""
+        for entry in entries_at(self.mountpoint, resolve_path=False):
+            if entry.mount_id == self.mount_id:
+                return entry.dev
+        raise OSError(f"{self.mountpoint} is not in the mount table")
 
     @staticmethod
     def _invalidate(parent_ino: int, name: bytes) -> None:

@@ -34,6 +34,8 @@ class MountEntry:
     fstype: str
     source: str
     options: str
+    #: The mounted filesystem's device number (``st_dev`` of files on it).
+    dev: int = 0
 
 
 def _unescape(field: str) -> str:
@@ -63,6 +65,7 @@ def mount_table() -> list[MountEntry]:
                     fstype=fields[sep + 1],
                     source=_unescape(fields[sep + 2]),
                     options=fields[5],
+                    dev=os.makedev(*(int(n) for n in fields[2].split(":"))),
                 )
             )
     return entries

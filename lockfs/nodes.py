@@ -65,6 +65,8 @@ class Node:
     lookups: int = 0
     opens: int = 0
     last_used: float = 0.0
+    #: When ``opens`` last went from 0 to 1 (for `lockfs locks`: how long it has been held).
+    open_since: float = 0.0
 
     @property
     def is_dir(self) -> bool:
@@ -81,14 +83,12 @@ class Node:
         return 2 + self.subdirs if self.children is not None else 1
 
     def path(self) -> bytes:
-        """The node's path relative to the mount root (for logs and tests)."""
+        """The node's path relative to the mount root; just its last name once unlinked."""
         parts: list[bytes] = []
         node: Node | None = self
         while node is not None and node.ino != ROOT_INO:
             parts.append(node.name)
             node = node.parent
-        if node is None:
-            parts.append(b"<unlinked>")
         return b"/".join(reversed(parts))
 
 
@@ -378,6 +378,7 @@ class NodeTable:
         node = self._new_entry(parent_ino, name, stat.S_IFREG | (mode & 0o7777), uid, gid)
         node.opens += 1
         self.remember(node)
+        node.open_since = node.last_used
         return node
 
     def unlink(self, parent_ino: int, name: bytes) -> None:
@@ -466,6 +467,8 @@ class NodeTable:
         node = self.get(ino)
         node.opens += 1
         self.touch(node)
+        if node.opens == 1:
+            node.open_since = node.last_used
         return node
 
     def release(self, ino: int) -> None:

@@ -18,8 +18,11 @@ refused with the reason.
 from __future__ import annotations
 
 import grp
+import os
 import pwd
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 #: VFS flags handed to the kernel mount through libfuse (the ones libfuse 3.14 accepts).
 KERNEL_FLAGS = frozenset(
@@ -88,13 +91,17 @@ class MountOptions:
     dir_grace: float = 10.0
     debug: bool = False
     kernel_flags: list[str] = field(default_factory=list)
+    #: Prometheus text file rewritten every ``metrics_interval`` seconds (node-exporter's
+    #: textfile collector), or None.
+    metrics_file: str | None = None
+    metrics_interval: float = 15.0
 
     def fuse_options(self, fsname: str) -> set[str]:
         """The option set handed to ``pyfuse3.init``."""
         return {*ALWAYS, f"fsname={fsname}", "subtype=lockfs", *self.kernel_flags}
 
 
-def _user(value: str) -> int:
+def _user(key: str, value: str) -> int:
     if value.isdigit():
         return int(value)
     try:
@@ -103,7 +110,7 @@ def _user(value: str) -> int:
         raise OptionError(f"uid={value}: no such user") from None
 
 
-def _group(value: str) -> int:
+def _group(key: str, value: str) -> int:
     if value.isdigit():
         return int(value)
     try:
@@ -112,7 +119,7 @@ def _group(value: str) -> int:
         raise OptionError(f"gid={value}: no such group") from None
 
 
-def _mode(value: str) -> int:
+def _mode(key: str, value: str) -> int:
     try:
         mode = int(value, 8)
     except ValueError:
@@ -130,6 +137,31 @@ def _seconds(key: str, value: str) -> float:
     if not 0 <= seconds <= 86400:
         raise OptionError(f"{key}={value}: must be between 0 and 86400 seconds")
     return seconds
+
+
+def _positive_seconds(key: str, value: str) -> float:
+    seconds = _seconds(key, value)
+    if seconds <= 0:
+        raise OptionError(f"{key}={value}: must be more than 0 seconds")
+    return seconds
+
+
+def _absolute_path(key: str, value: str) -> str:
+    if not os.path.isabs(value):
+        raise OptionError(f"{key}={value}: must be an absolute path")
+    return value
+
+
+#: ``key=value`` options: the MountOptions attribute of the same name and its parser.
+VALUE_OPTIONS: dict[str, Callable[[str, str], Any]] = {
+    "uid": _user,
+    "gid": _group,
+    "mode": _mode,
+    "reclaim_delay": _seconds,
+    "dir_grace": _seconds,
+    "metrics_file": _absolute_path,
+    "metrics_interval": _positive_seconds,
+}
 
 
 def parse_options(option_strings: list[str], options: MountOptions | None = None) -> MountOptions:
@@ -157,16 +189,8 @@ def parse_options(option_strings: list[str], options: MountOptions | None = None
                 continue
             elif key == "debug" and not has_value:
                 opts.debug = True
-            elif key == "uid" and has_value:
-                opts.uid = _user(value)
-            elif key == "gid" and has_value:
-                opts.gid = _group(value)
-            elif key == "mode" and has_value:
-                opts.mode = _mode(value)
-            elif key == "reclaim_delay" and has_value:
-                opts.reclaim_delay = _seconds(key, value)
-            elif key == "dir_grace" and has_value:
-                opts.dir_grace = _seconds(key, value)
+            elif key in VALUE_OPTIONS and has_value:
+                setattr(opts, key, VALUE_OPTIONS[key](key, value))
             else:
                 raise OptionError(f"unknown mount option: {item}")
     return opts

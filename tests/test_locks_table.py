@@ -1,0 +1,54 @@
+"""Parsing /proc/locks and joining it with node info, without FUSE."""
+
+from __future__ import annotations
+
+import os
+
+from lockfs.locks import lock_rows, parse_proc_locks
+from lockfs.options import OptionError, parse_options
+
+SAMPLE = """\
+1: FLOCK  ADVISORY  WRITE 4368 00:27:2 0 EOF
+1: -> FLOCK  ADVISORY  WRITE 4370 00:27:2 0 EOF
+1: -> FLOCK  ADVISORY  READ 4371 00:27:2 0 EOF
+2: POSIX  ADVISORY  READ 1234 103:0a:5 0 99
+3: OFDLCK ADVISORY  WRITE -1 00:27:6 0 EOF
+4: LEASE  ACTIVE    READ 77 00:27:9 0 EOF
+"""
+
+
+def test_parse_proc_locks() -> None:
+    locks = parse_proc_locks(SAMPLE)
+    assert [(lk.kind, lk.waiting, lk.exclusive, lk.pid, lk.ino) for lk in locks] == [
+        ("flock", False, True, 4368, 2),
+        ("flock", True, True, 4370, 2),
+        ("flock", True, False, 4371, 2),
+        ("posix", False, False, 1234, 5),
+        ("ofd", False, True, None, 6),
+    ]
+    assert locks[0].dev == os.makedev(0, 0x27)
+    assert locks[3].dev == os.makedev(0x103, 0x0A) and locks[3].end == "99"
+
+
+def test_rows_count_waiters_and_mark_unlinked_nodes() -> None:
+    nodes = {2: {"path": "store/vm-100", "linked": True, "open_for": 3.5}, 6: {"path": "x"}}
+    nodes[6]["linked"] = False
+    rows = lock_rows(parse_proc_locks(SAMPLE), nodes, ofd_pids={6: [42]})
+    assert [(r.path, r.state, r.waiters, r.held_for) for r in rows[:3]] == [
+        ("store/vm-100", "held", 2, 3.5),
+        ("store/vm-100", "waiting", 0, None),
+        ("store/vm-100", "waiting", 0, None),
+    ]
+    assert rows[3].path == "<inode 5>"
+    assert (rows[4].unlinked, rows[4].pid, rows[4].mode) == (True, 42, "exclusive")
+
+
+def test_metrics_options() -> None:
+    opts = parse_options(["metrics_file=/var/lib/x.prom,metrics_interval=5"])
+    assert (opts.metrics_file, opts.metrics_interval) == ("/var/lib/x.prom", 5.0)
+    for bad in ("metrics_file=relative.prom", "metrics_interval=0", "metrics_interval=x"):
+        try:
+            parse_options([bad])
+        except OptionError:
+            continue
+        raise AssertionError(f"{bad} was accepted")

@@ -1,0 +1,115 @@
+"""Seeing inside a mount: `lockfs locks`, `lockfs status`, `lockfs metrics` and the metrics file."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from conftest import Mount, daemon_env, wait_for
+from test_locks import hold, release, waiters
+
+
+def lockfs(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "lockfs", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=daemon_env(), timeout=60)
+
+
+def locks_json(mnt: Mount, *extra: str) -> list[dict[str, Any]]:
+    result = lockfs("locks", mnt, *extra, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_locks_lists_holders_modes_kinds_and_waiters(mnt: Mount) -> None:
+    (mnt / "store").mkdir()
+    exclusive, ex_ino = hold(mnt, "pbs", mnt / "store/vm-100")
+    waiter = mnt.helper("pbs", mnt / "store/vm-100", "--timeout", "30")
+    wait_for(lambda: waiters(mnt, ex_ino), 10, "the waiter to block")
+    shared = [hold(mnt, "pbs", mnt / "store/ns-lock", "--shared")[0] for _ in range(2)]
+    posix, _ = hold(mnt, "posix", mnt / "store/posix")
+    ofd, _ = hold(mnt, "ofd", mnt / "store/ofd")
+    gone, _ = hold(mnt, "plain", mnt / "store/gone")
+    os.unlink(mnt / "store/gone")
+
+    rows = locks_json(mnt)
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_path.setdefault(row["path"], []).append(row)
+
+    held, waiting = by_path["store/vm-100"]
+    assert (held["kind"], held["mode"], held["state"]) == ("flock", "exclusive", "held")
+    assert held["pid"] == exclusive.pid and held["waiters"] == 1
+    assert held["command"].startswith("python") and held["held_for"] >= 0
+    assert (waiting["state"], waiting["pid"], waiting["held_for"]) == ("waiting", waiter.pid, None)
+    assert sorted(r["pid"] for r in by_path["store/ns-lock"]) == sorted(p.pid for p in shared)
+    assert {(r["mode"], r["state"]) for r in by_path["store/ns-lock"]} == {("shared", "held")}
+    assert [(r["kind"], r["pid"]) for r in by_path["store/posix"]] == [("posix", posix.pid)]
+    assert [(r["kind"], r["pid"]) for r in by_path["store/ofd"]] == [("ofd", ofd.pid)]
+    (unlinked,) = by_path["gone"]
+    assert unlinked["unlinked"] and unlinked["pid"] == gone.pid
+
+    assert {r["path"] for r in locks_json(mnt, "store/ns")} == {"store/ns-lock"}
+    table = lockfs("locks", mnt)
+    assert table.returncode == 0
+    header, *lines = table.stdout.splitlines()
+    assert header.split() == ["PATH", "KIND", "MODE", "STATE", "PID", "COMMAND", "WAITERS", "HELD"]
+    assert any("gone (unlinked)" in line for line in lines)
+    assert len(lines) == len(rows)
+
+    for proc in (exclusive, *shared, posix, ofd, gone):
+        release(proc)
+    assert waiter.stdout.readline().startswith("locked")
+    release(waiter)
+    mnt.wait_reclaimed(10)
+    assert lockfs("locks", mnt).stdout.strip() == "no locks held or awaited"
+
+
+def test_status_and_metrics_counters_move(mnt: Mount) -> None:
+    before = mnt.status()["requests"]
+    for _ in range(5):
+        mnt.run_helper("plain", mnt / "lock", "--release")
+    after = mnt.status()["requests"]
+    assert after["open"] + after.get("create", 0) >= before.get("open", 0) + 5
+    assert after["release"] >= before.get("release", 0) + 5
+
+    human = lockfs("status", mnt)
+    assert human.returncode == 0
+    assert "live entries" in human.stdout and "reclaim backlog" in human.stdout
+    assert json.loads(lockfs("status", mnt, "--json").stdout)["mountpoint"] == str(mnt.path)
+
+    holder, _ = hold(mnt, "plain", mnt / "held")
+    metrics = lockfs("metrics", mnt).stdout
+    mp = f'mountpoint="{mnt.path}"'
+    assert f'lockfs_requests_total{{{mp},op="release"}} ' in metrics
+    held = f'lockfs_locks{{{mp},kind="flock",mode="exclusive",state="held"}} 1'
+    assert held in metrics
+    assert "# TYPE lockfs_entries_reclaimed_total counter" in metrics
+    release(holder)
+
+
+def test_metrics_file_is_written_periodically(make_mount, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    prom = tmp_path / "lockfs.prom"
+    mnt: Mount = make_mount(f"metrics_file={prom},metrics_interval=0.1")
+    wait_for(prom.exists, 10, "the metrics file")
+    (mnt / "d").mkdir()
+    wait_for(
+        lambda: f'lockfs_nodes{{mountpoint="{mnt.path}",kind="dir"}} 2' in prom.read_text(),
+        10,
+        "the metrics file to count the new directory",
+    )
+    assert not list(tmp_path.glob("lockfs.prom.tmp*"))
+
+
+def test_control_socket_is_root_only(mnt: Mount) -> None:
+    nobody = pwd.getpwnam("nobody")
+    setpriv = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+    cmd = [*setpriv, sys.executable, "-m", "lockfs", "status", str(mnt.path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=daemon_env(), timeout=60)
+    assert result.returncode == 1
+    assert "Permission denied" in result.stderr
+    assert os.listdir(mnt.path) == []  # nothing of the control channel shows in the mount
