@@ -26,7 +26,7 @@ from .fuse_ops import LockOperations
 from .locks import read_proc_locks
 from .metrics import prometheus_text, write_atomically
 from .mounts import FSTYPE, entries_at, is_busy, umount
-from .nodes import NodeTable, ReclaimPolicy
+from .nodes import Limits, NodeTable, ReclaimPolicy
 from .options import MountOptions
 from .reclaimer import reclaim_loop
 
@@ -60,6 +60,7 @@ class Daemon:
             root_uid=options.uid,
             root_gid=options.gid,
             policy=ReclaimPolicy(options.reclaim_delay, options.dir_grace),
+            limits=Limits(options.max_entries, options.max_file_size, options.max_depth),
         )
         self.ops = LockOperations(self.table, trace=options.debug)
         if os.environ.get(FAULT_ENV):
@@ -160,6 +161,9 @@ class Daemon:
                 "debug": self.options.debug,
                 "kernel_flags": self.options.kernel_flags,
                 "metrics_file": self.options.metrics_file,
+                "max_entries": self.options.max_entries,
+                "max_file_size": self.options.max_file_size,
+                "max_depth": self.options.max_depth,
             },
         }
 

@@ -280,7 +280,7 @@ class LockOperations(pyfuse3.Operations):
         data.f_bsize = BLOCK_SIZE
         data.f_frsize = BLOCK_SIZE
         used = len(self.table.nodes)
-        total = max(used * 2, 1 << 20)
+        total = max(self.table.limits.max_entries, used)
         data.f_blocks = total
         data.f_bfree = total - used
         data.f_bavail = total - used

@@ -19,6 +19,7 @@ it. Every invariant that keeps locks correct lives here:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import time
@@ -28,6 +29,10 @@ from dataclasses import dataclass
 
 ROOT_INO = 1
 NAME_MAX = 255
+#: At most one "entry limit reached" log line per this many seconds.
+LIMIT_LOG_INTERVAL = 60.0
+
+log = logging.getLogger(__name__)
 
 #: ``renameat2`` flags (linux/fs.h).
 RENAME_NOREPLACE = 1
@@ -64,6 +69,7 @@ class Node:
     data: bytearray | None = None
     lookups: int = 0
     opens: int = 0
+    depth: int = 0
     last_used: float = 0.0
     #: When ``opens`` last went from 0 to 1 (for `lockfs locks`: how long it has been held).
     open_since: float = 0.0
@@ -101,6 +107,19 @@ class ReclaimPolicy:
 
 
 @dataclass(slots=True)
+class Limits:
+    """Bounds that keep one misbehaving user from exhausting the daemon's memory.
+
+    Hitting one fails only the request that would exceed it (ENOSPC, EFBIG, ENAMETOOLONG);
+    nothing that exists is touched, and the table recovers as entries are reclaimed.
+    """
+
+    max_entries: int = 1_000_000
+    max_file_size: int = 64 << 20
+    max_depth: int = 32
+
+
+@dataclass(slots=True)
 class TableStats:
     """Cumulative counters of the table's life."""
 
@@ -126,11 +145,14 @@ class NodeTable:
         root_uid: int = 0,
         root_gid: int = 0,
         policy: ReclaimPolicy | None = None,
+        limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.policy = policy or ReclaimPolicy()
+        self.limits = limits or Limits()
         self.stats = TableStats()
+        self._limit_logged_at = -LIMIT_LOG_INTERVAL
         self.clock = clock
         self._now_ns = wall_clock_ns
         self._next_ino = ROOT_INO
@@ -214,8 +236,49 @@ class NodeTable:
         parent.children[name] = node
         if node.children is not None:
             parent.subdirs += 1
+            if node.children:
+                self._set_depth(node, parent.depth + 1)
         node.parent = parent
         node.name = name
+        node.depth = parent.depth + 1
+
+    def _set_depth(self, directory: Node, depth: int) -> None:
+        """Renumber a moved subtree (iteratively: subtrees are at most max_depth deep)."""
+        stack = [(directory, depth)]
+        while stack:
+            node, node_depth = stack.pop()
+            node.depth = node_depth
+            if node.children:
+                stack.extend((child, node_depth + 1) for child in node.children.values())
+
+    def _subtree_height(self, directory: Node) -> int:
+        """Levels below ``directory`` (0 for an empty directory or a file)."""
+        height, level = 0, [directory]
+        while True:
+            level = [c for n in level if n.children for c in n.children.values()]
+            if not level:
+                return height
+            height += 1
+
+    def _entries_exhausted(self) -> None:
+        """Log (at most once a minute) which directory holds the most entries."""
+        now = self.clock()
+        if now - self._limit_logged_at < LIMIT_LOG_INTERVAL:
+            return
+        self._limit_logged_at = now
+        busiest = max(
+            (node for node in self.nodes.values() if node.children),
+            key=lambda node: len(node.children or ()),
+            default=self.root,
+        )
+        log.error(
+            "entry limit reached (%d live entries, max_entries=%d): creating fails with ENOSPC "
+            "until entries are released; busiest directory: /%s (%d entries)",
+            len(self.nodes),
+            self.limits.max_entries,
+            busiest.path().decode("utf-8", "backslashreplace"),
+            len(busiest.children or ()),
+        )
 
     def _unlink_node(self, node: Node) -> None:
         """Detach a name on a process's request; the node lives on while referenced."""
@@ -350,6 +413,11 @@ class NodeTable:
             raise FsError(errno.ENOENT)  # creating inside a removed directory
         if name in parent.children:
             raise FsError(errno.EEXIST)
+        if parent.depth >= self.limits.max_depth:
+            raise FsError(errno.ENAMETOOLONG)
+        if len(self.nodes) >= self.limits.max_entries:
+            self._entries_exhausted()
+            raise FsError(errno.ENOSPC)
         if parent.mode & stat.S_ISGID:
             gid = parent.gid
             if stat.S_ISDIR(mode):
@@ -416,6 +484,10 @@ class NodeTable:
         target = new_parent.children.get(new_name)
         if node.children is not None and self._is_ancestor(node, new_parent):
             raise FsError(errno.EINVAL)
+        if new_parent is not old_parent:
+            self._check_depth(new_parent, node)
+            if flags & RENAME_EXCHANGE and target is not None:
+                self._check_depth(old_parent, target)
         if flags & RENAME_EXCHANGE:
             if target is None:
                 raise FsError(errno.ENOENT)
@@ -449,6 +521,10 @@ class NodeTable:
         self._modified(old_parent)
         if new_parent is not old_parent:
             self._modified(new_parent)
+
+    def _check_depth(self, parent: Node, node: Node) -> None:
+        if parent.depth + 1 + self._subtree_height(node) > self.limits.max_depth:
+            raise FsError(errno.ENAMETOOLONG)
 
     def _is_ancestor(self, node: Node, other: Node) -> bool:
         """Whether ``node`` is ``other`` or one of its ancestors."""
@@ -491,6 +567,8 @@ class NodeTable:
         node = self.get(ino)
         if not buf:
             return 0
+        if offset + len(buf) > self.limits.max_file_size:
+            raise FsError(errno.EFBIG)
         data = node.data
         if data is None:
             data = node.data = bytearray()
@@ -506,6 +584,8 @@ class NodeTable:
             raise FsError(errno.EISDIR)
         if size < 0:
             raise FsError(errno.EINVAL)
+        if size > self.limits.max_file_size:
+            raise FsError(errno.EFBIG)
         if size == 0:
             node.data = None
         else:

@@ -95,6 +95,10 @@ class MountOptions:
     #: textfile collector), or None.
     metrics_file: str | None = None
     metrics_interval: float = 15.0
+    #: Limits (see lockfs.nodes.Limits): live entries, bytes per file, directory depth.
+    max_entries: int = 1_000_000
+    max_file_size: int = 64 << 20
+    max_depth: int = 32
 
     def fuse_options(self, fsname: str) -> set[str]:
         """The option set handed to ``pyfuse3.init``."""
@@ -152,6 +156,22 @@ def _absolute_path(key: str, value: str) -> str:
     return value
 
 
+def _count(key: str, value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise OptionError(f"{key}={value}: must be a whole number above 0")
+    return int(value)
+
+
+_SIZE_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(key: str, value: str) -> int:
+    number, suffix = value.rstrip("kKmMgG"), value[len(value.rstrip("kKmMgG")) :].lower()
+    if not number.isdigit() or suffix not in _SIZE_SUFFIXES or len(suffix) > 1:
+        raise OptionError(f"{key}={value}: must be a size in bytes (suffix K, M or G allowed)")
+    return int(number) * _SIZE_SUFFIXES[suffix]
+
+
 #: ``key=value`` options: the MountOptions attribute of the same name and its parser.
 VALUE_OPTIONS: dict[str, Callable[[str, str], Any]] = {
     "uid": _user,
@@ -161,6 +181,9 @@ VALUE_OPTIONS: dict[str, Callable[[str, str], Any]] = {
     "dir_grace": _seconds,
     "metrics_file": _absolute_path,
     "metrics_interval": _positive_seconds,
+    "max_entries": _count,
+    "max_file_size": _size,
+    "max_depth": _count,
 }
 
 
