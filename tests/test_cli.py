@@ -246,12 +246,15 @@ def test_foreground_exit_status_0(make_mount: Callable[..., Mount], end: str) ->
     assert "stopped" in mnt.log_text()
 
 
-def test_sigterm_while_a_lock_is_held_keeps_serving(make_mount: Callable[..., Mount]) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_while_a_lock_is_held_keeps_serving(
+    make_mount: Callable[..., Mount], signum: signal.Signals
+) -> None:
     mnt = make_mount()
     lock = mnt / "store1" / "vm-100"
     lock.parent.mkdir()
     holder = hold_lock(mnt, lock)
-    mnt.proc.send_signal(signal.SIGTERM)
+    mnt.proc.send_signal(signum)
     wait_for(lambda: "not unmounting" in mnt.log_text(), what="the refusal to be logged")
     assert "it is busy (" in mnt.log_text()
     assert mnt.proc.poll() is None
