@@ -133,7 +133,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         """Counters and sizes of this mount, for `lockfs status` and the tests."""
         table = self.table
-        dirs = sum(1 for node in table.nodes.values() if node.children is not None)
+        dirs = table.dir_count
         with open("/proc/self/statm") as statm:
             rss_pages = int(statm.read().split()[1])
         return {
@@ -143,8 +143,8 @@ class Daemon:
             "nodes": len(table.nodes),
             "files": len(table.nodes) - dirs,
             "dirs": dirs,
-            "open": sum(1 for node in table.nodes.values() if node.opens),
-            "referenced": sum(1 for node in table.nodes.values() if node.lookups),
+            "open": table.open_count,
+            "referenced": table.referenced_count,
             "reclaim_backlog": table.idle_count,
             "created": table.stats.created,
             "reclaimed": table.stats.reclaimed,
@@ -231,7 +231,7 @@ class Daemon:
             umount(self.mountpoint)
         except OSError as exc:
             if is_busy(exc):
-                open_files = sum(1 for node in self.table.nodes.values() if node.opens)
+                open_files = self.table.open_count
                 log.error(
                     "not unmounting %s: it is busy (%d files open here). Locks may be held; "
                     "stop their holders first (fuser -vm %s), then stop lockfs again. "

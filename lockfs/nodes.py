@@ -157,6 +157,10 @@ class NodeTable:
         self._now_ns = wall_clock_ns
         self._next_ino = ROOT_INO
         self.nodes: dict[int, Node] = {}
+        #: Kept up to date at every transition, so status never walks the table.
+        self.dir_count = 0
+        self.open_count = 0  # nodes with opens > 0
+        self.referenced_count = 0  # nodes with lookups > 0
         # Idle linked nodes, oldest use first. Values are unused; OrderedDict gives O(1)
         # move-to-end and pop-oldest.
         self._idle_files: OrderedDict[Node, None] = OrderedDict()
@@ -171,6 +175,7 @@ class NodeTable:
         node = Node(self._next_ino, mode, uid, gid, now, now, now)
         if stat.S_ISDIR(mode):
             node.children = {}
+            self.dir_count += 1
         self._next_ino += 1
         self.nodes[node.ino] = node
         self.stats.created += 1
@@ -220,6 +225,8 @@ class NodeTable:
     def _forget_node(self, node: Node) -> None:
         self._queue_of(node).pop(node, None)
         del self.nodes[node.ino]
+        if node.children is not None:
+            self.dir_count -= 1
 
     def _detach(self, node: Node) -> None:
         """Remove ``node``'s name from its directory."""
@@ -364,6 +371,8 @@ class NodeTable:
 
     def remember(self, node: Node) -> None:
         """The kernel took one more lookup reference (an entry reply for ``node``)."""
+        if node.lookups == 0:
+            self.referenced_count += 1
         node.lookups += 1
         self.touch(node)
 
@@ -372,8 +381,11 @@ class NodeTable:
         node = self.nodes.get(ino)
         if node is None or node.ino == ROOT_INO:
             return
+        if node.lookups == 0:
+            return
         node.lookups = max(0, node.lookups - count)
         if node.lookups == 0:
+            self.referenced_count -= 1
             self._maybe_drop(node)
 
     def due(self) -> list[Node]:
@@ -445,6 +457,7 @@ class NodeTable:
         """Create and open a regular file (the kernel checked O_EXCL against its dcache)."""
         node = self._new_entry(parent_ino, name, stat.S_IFREG | (mode & 0o7777), uid, gid)
         node.opens += 1
+        self.open_count += 1
         self.remember(node)
         node.open_since = node.last_used
         return node
@@ -544,16 +557,18 @@ class NodeTable:
         node.opens += 1
         self.touch(node)
         if node.opens == 1:
+            self.open_count += 1
             node.open_since = node.last_used
         return node
 
     def release(self, ino: int) -> None:
         node = self.nodes.get(ino)
-        if node is None:
+        if node is None or node.opens == 0:
             return
-        node.opens = max(0, node.opens - 1)
+        node.opens -= 1
         self.touch(node)
         if node.opens == 0:
+            self.open_count -= 1
             self._maybe_drop(node)
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
@@ -649,3 +664,7 @@ class NodeTable:
         for queue in (self._idle_files, self._idle_dirs):
             for node in queue:
                 assert self.nodes.get(node.ino) is node
+        nodes = self.nodes.values()
+        assert self.dir_count == sum(1 for node in nodes if node.children is not None)
+        assert self.open_count == sum(1 for node in nodes if node.opens)
+        assert self.referenced_count == sum(1 for node in nodes if node.lookups)

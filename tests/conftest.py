@@ -65,7 +65,39 @@ def daemon_env() -> dict[str, str]:
     return env
 
 
-class Mount:
+class Processes:
+    """The processes a test started; teardown kills whatever is still running."""
+
+    children: list[subprocess.Popen[Any]]
+
+    def spawn(self, *args: str | os.PathLike[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start a process that teardown kills if the test leaves it running."""
+        kwargs.setdefault("stdin", subprocess.PIPE)
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("text", True)
+        proc = subprocess.Popen([str(a) for a in args], **kwargs)
+        self.children.append(proc)
+        return proc
+
+    def helper(self, *args: str | os.PathLike[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``tests/helpers/locker.py`` with ``args``."""
+        return self.spawn(sys.executable, HELPERS / "locker.py", *args, **kwargs)
+
+    def kill_children(self) -> None:
+        for child in self.children:
+            with contextlib.suppress(OSError):
+                child.kill()
+        for child in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=10)
+            for stream in (child.stdin, child.stdout, child.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+
+
+class Mount(Processes):
     """A running lockfs daemon in the foreground and the processes a test started on it."""
 
     def __init__(self, path: Path, options: str, log: Path, env: dict[str, str]) -> None:
@@ -101,20 +133,6 @@ class Mount:
     def status(self) -> dict[str, Any]:
         return query(str(self.path), "status")
 
-    def spawn(self, *args: str | os.PathLike[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start a process that the teardown kills if the test leaves it running."""
-        kwargs.setdefault("stdin", subprocess.PIPE)
-        kwargs.setdefault("stdout", subprocess.PIPE)
-        kwargs.setdefault("stderr", subprocess.PIPE)
-        kwargs.setdefault("text", True)
-        proc = subprocess.Popen([str(a) for a in args], **kwargs)
-        self.children.append(proc)
-        return proc
-
-    def helper(self, *args: str | os.PathLike[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start ``tests/helpers/locker.py`` with ``args``."""
-        return self.spawn(sys.executable, HELPERS / "locker.py", *args, **kwargs)
-
     def run_helper(self, *args: str | os.PathLike[str], timeout: float = 30) -> str:
         proc = self.helper(*args)
         out, err = proc.communicate(timeout=timeout)
@@ -131,16 +149,7 @@ class Mount:
 
     def stop(self) -> None:
         """Kill the test's processes, stop the daemon, and make sure nothing stays mounted."""
-        for child in self.children:
-            with contextlib.suppress(OSError):
-                child.kill()
-        for child in self.children:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=10)
-            for stream in (child.stdin, child.stdout, child.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
+        self.kill_children()
         if self.proc.poll() is None:
             # The daemon unmounts on SIGTERM once nothing is open on the mount.
             self.proc.send_signal(signal.SIGTERM)
@@ -227,7 +236,7 @@ def _orphaned_daemons() -> set[int]:
     return found
 
 
-class Daemons:
+class Daemons(Processes):
     """Daemonized lockfs mounts of one test, and their cleanup.
 
     While a test uses it, the test process is a child subreaper: a daemon forked by ``lockfs``
@@ -296,26 +305,8 @@ class Daemons:
         self.pids.discard(pid)
         return int(code)
 
-    def spawn(self, *args: str | os.PathLike[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start a process that teardown kills if the test leaves it running."""
-        kwargs.setdefault("stdin", subprocess.PIPE)
-        kwargs.setdefault("stdout", subprocess.PIPE)
-        kwargs.setdefault("stderr", subprocess.PIPE)
-        kwargs.setdefault("text", True)
-        proc = subprocess.Popen([str(a) for a in args], **kwargs)
-        self.children.append(proc)
-        return proc
-
-    def helper(self, *args: str | os.PathLike[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start ``tests/helpers/locker.py`` with ``args``."""
-        return self.spawn(sys.executable, HELPERS / "locker.py", *args, **kwargs)
-
     def cleanup(self) -> None:
-        for child in self.children:
-            if child.poll() is None:
-                child.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
-                child.communicate(timeout=10)
+        self.kill_children()
         for path in self.paths:
             for _ in range(10):
                 if not is_lockfs_mounted(path):
