@@ -7,7 +7,7 @@ inside the timed part, so that the same loop measures tmpfs and lockfs:
 * **cold**: Proxmox Backup Server's chunk lock on a fresh path each time
   (``create_dir_all`` of the parent, ``open`` without O_CREAT, ``mkostemp``, ``fchmod 0660``,
   ``fchown``, ``renameat2(RENAME_NOREPLACE)``, ``flock(LOCK_EX|LOCK_NB)``, the double-stat
-  check, ``close``), see ``/work/shared/pbs-lock-protocol.md``;
+  check, ``close``), as described in the PBS lock protocol notes;
 * **hold**: take many locks and keep them until told to let go.
 
 Workers talk to the bench over a :mod:`multiprocessing` pipe: ``("ready", info)`` once set up,
