@@ -260,6 +260,33 @@ class Daemons(Processes):
         self.paths.append(path)
         return path
 
+    def missing_mountpoint(self) -> Path:
+        path = self.mountpoint()
+        path.rmdir()
+        return path
+
+    def non_empty_mountpoint(self) -> Path:
+        """A directory holding a lock file, as a plain lock directory would."""
+        path = self.mountpoint()
+        (path / "store1").mkdir()
+        (path / "store1" / "vm-100").touch()
+        return path
+
+    def mounted_mountpoint(self) -> Path:
+        """A directory with a live lockfs mount on it."""
+        path = self.mountpoint()
+        result = self.lockfs(path)
+        assert result.returncode == 0, result.stderr
+        return path
+
+    def dead_mountpoint(self) -> Path:
+        """A lockfs mount whose daemon was killed: it answers ENOTCONN."""
+        path = self.mounted_mountpoint()
+        pid = self.daemon_pid(path)
+        os.kill(pid, signal.SIGKILL)
+        assert self.wait_exit(pid) == -signal.SIGKILL
+        return path
+
     def track(self, path: Path) -> None:
         """Let teardown clean up a mountpoint the test made itself."""
         self.paths.append(path)

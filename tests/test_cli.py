@@ -119,12 +119,6 @@ def test_concurrent_starts_mount_once(daemons: Daemons) -> None:
 # --- Failures: non-zero, a clear message, and no mount left behind ----------------------------
 
 
-def _missing(daemons: Daemons) -> Path:
-    path = daemons.mountpoint()
-    path.rmdir()
-    return path
-
-
 def _file(daemons: Daemons) -> Path:
     path = daemons.mountpoint()
     path.rmdir()
@@ -132,35 +126,18 @@ def _file(daemons: Daemons) -> Path:
     return path
 
 
-def _not_empty(daemons: Daemons) -> Path:
-    path = daemons.mountpoint()
-    (path / "store1").mkdir()
-    (path / "store1" / "vm-100").touch()
-    return path
-
-
-def _mounted(daemons: Daemons) -> Path:
-    path = daemons.mountpoint()
-    assert daemons.lockfs(path).returncode == 0
-    return path
-
-
-def _dead(daemons: Daemons) -> Path:
-    path = _mounted(daemons)
-    pid = daemons.daemon_pid(path)
-    os.kill(pid, signal.SIGKILL)
-    assert daemons.wait_exit(pid) == -signal.SIGKILL
-    return path
-
-
 @pytest.mark.parametrize(
     ("make", "args", "message"),
     [
-        (_missing, [], "does not exist"),
+        (Daemons.missing_mountpoint, [], "does not exist"),
         (_file, [], "is not a directory"),
-        (_not_empty, [], "is not empty: lock files in it could be held"),
-        (_mounted, [], "is already a lockfs mount"),
-        (_dead, [], "is a dead lockfs mount: its daemon is gone and it answers ENOTCONN"),
+        (Daemons.non_empty_mountpoint, [], "is not empty: lock files in it could be held"),
+        (Daemons.mounted_mountpoint, [], "is already a lockfs mount"),
+        (
+            Daemons.dead_mountpoint,
+            [],
+            "is a dead lockfs mount: its daemon is gone and it answers ENOTCONN",
+        ),
         (Daemons.mountpoint, ["-o", "uid=backup,bogus"], "unknown mount option: bogus"),
         (Daemons.mountpoint, ["-o", "mode=0999"], "mode=0999: not an octal number"),
         (Daemons.mountpoint, ["-o", "auto_unmount"], "auto_unmount would unmount"),

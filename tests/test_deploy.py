@@ -227,39 +227,13 @@ def test_mount_unit_the_way_systemd_mounts_it(installed: Path, daemons: Daemons)
 # --- Failures through the helper: loud, non-zero, and no mount left --------------------------
 
 
-def _not_empty(daemons: Daemons) -> Path:
-    path = daemons.mountpoint()
-    (path / "store1").mkdir()
-    return path
-
-
-def _missing(daemons: Daemons) -> Path:
-    path = daemons.mountpoint()
-    path.rmdir()
-    return path
-
-
-def _mounted(daemons: Daemons) -> Path:
-    path = daemons.mountpoint()
-    assert daemons.run("mount", "-t", "fuse.lockfs", "lockfs", path).returncode == 0
-    return path
-
-
-def _dead(daemons: Daemons) -> Path:
-    path = _mounted(daemons)
-    pid = daemons.daemon_pid(path)
-    os.kill(pid, signal.SIGKILL)
-    assert daemons.wait_exit(pid) == -signal.SIGKILL
-    return path
-
-
 @pytest.mark.parametrize(
     ("make", "options", "message"),
     [
-        (_missing, "rw", "does not exist"),
-        (_not_empty, "rw", "is not empty"),
-        (_mounted, "rw", "is already a lockfs mount"),
-        (_dead, "rw", "is a dead lockfs mount"),
+        (Daemons.missing_mountpoint, "rw", "does not exist"),
+        (Daemons.non_empty_mountpoint, "rw", "is not empty"),
+        (Daemons.mounted_mountpoint, "rw", "is already a lockfs mount"),
+        (Daemons.dead_mountpoint, "rw", "is a dead lockfs mount"),
         (Daemons.mountpoint, "uid=backup,bogus", "unknown mount option: bogus"),
         (Daemons.mountpoint, "auto_unmount", "auto_unmount would unmount"),
         (Daemons.mountpoint, "uid=nosuchuser", "uid=nosuchuser"),
