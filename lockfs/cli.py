@@ -52,9 +52,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog=(
             "Options (-o, comma-separated): uid=USER, gid=GROUP, mode=OCTAL (root directory), "
             "reclaim_delay=SECONDS (idle empty files, default 0.5), dir_grace=SECONDS (idle "
-            "empty directories, default 10), debug, and the usual kernel flags (nosuid, "
+            "empty directories, default 10), max_entries=N (default 1000000), "
+            "max_file_size=SIZE (default 64M), max_depth=N (default 32), metrics_file=PATH, "
+            "metrics_interval=SECONDS (default 15), debug, and the usual kernel flags (nosuid, "
             "nodev, noexec, noatime, ...). Options for mount(8), fstab and systemd (nofail, "
-            "_netdev, x-systemd.*, ...) are accepted and ignored."
+            "_netdev, x-systemd.*, ...) are accepted and ignored. "
+            "Other commands: `lockfs status MOUNTPOINT`, `lockfs locks MOUNTPOINT [PREFIX]`, "
+            "`lockfs metrics MOUNTPOINT` (root only; see --help of each)."
         ),
     )
     parser.add_argument("source", nargs="?", default="lockfs", help="name shown in mount tables")
