@@ -143,6 +143,34 @@ def test_setup_is_idempotent(installed: Path) -> None:
     assert "runs /sbin/mount.fuse" in again.stdout
 
 
+def test_setup_debian_uses_debians_pyfuse3_and_trio(
+    installed: Path, daemons: Daemons, tmp_path: Path
+) -> None:
+    """``mount/setup --debian``: a host without a compiler runs on python3-pyfuse3/-trio."""
+    prefix = tmp_path / "prefix"
+    env = {**os.environ, "LOCKFS_PREFIX": str(prefix), "LOCKFS_NO_LINKS": "1"}
+    setup = subprocess.run(
+        [REPO / "mount" / "setup", "--debian"], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert setup.returncode == 0, setup.stderr
+    python = prefix / "venv" / "bin" / "python"
+    probe = "import pyfuse3, trio; print(pyfuse3.__file__); print(trio.__version__)"
+    where, trio_version = subprocess.run(
+        [python, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert where.startswith("/usr/lib/python3/dist-packages/")
+    assert trio_version == "0.22.0"  # Debian 12's python3-trio
+    path = daemons.mountpoint()
+    result = daemons.run(prefix / "venv" / "bin" / "lockfs", path)
+    assert result.returncode == 0, result.stderr
+    pid = daemons.daemon_pid(path)
+    locker = daemons.helper("pbs", path / "store1" / "vm-100", "--release")
+    assert locker.wait(timeout=10) == 0
+    assert daemons.run("umount", path).returncode == 0
+    assert daemons.wait_exit(pid) == 0
+    assert os.readlink("/usr/local/bin/lockfs") == str(installed)  # the system install stays
+
+
 # --- mount -t fuse.lockfs --------------------------------------------------------------------
 
 
