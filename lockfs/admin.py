@@ -19,7 +19,8 @@ from .locks import lock_rows, ofd_holders, read_proc_locks
 from .metrics import prometheus_text
 
 
-def _fail(message: str) -> int:
+def fail(message: str) -> int:
+    """Print ``lockfs: message`` on stderr; the exit status of a failed command."""
     print(f"lockfs: {message}", file=sys.stderr)
     return 1
 
@@ -63,7 +64,7 @@ def status_main(argv: Sequence[str]) -> int:
     try:
         status = query(args.mountpoint, "status")
     except ControlError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(json.dumps(status, indent=2, sort_keys=True) if args.json else format_status(status))
     return 0
 
@@ -84,7 +85,7 @@ def locks_main(argv: Sequence[str]) -> int:
             for ino, info in query(args.mountpoint, f"nodes {' '.join(map(str, inos))}").items()
         }
     except (ControlError, OSError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     ofd = [lock.ino for lock in locks if lock.kind == "ofd" and lock.pid is None]
     rows = lock_rows(locks, nodes, ofd_holders(dev, ofd) if ofd else None)
     prefix = args.prefix.strip("/")
@@ -107,7 +108,7 @@ def metrics_main(argv: Sequence[str]) -> int:
         status = query(args.mountpoint, "status")
         locks = read_proc_locks(os.stat(args.mountpoint).st_dev)
     except (ControlError, OSError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     sys.stdout.write(prometheus_text(status, locks))
     return 0
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .admin import SUBCOMMANDS
+from .admin import fail as _fail
 from .mounts import MountError, MountpointClaim, check_fuse_device, resolve, umount
 from .options import MountOptions, OptionError, parse_options
 
@@ -89,11 +90,6 @@ def _setup_logging(debug: bool, to_syslog: bool, quiet: bool = False) -> None:
     root.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     # pyfuse3 logs every worker start at debug level; keep it quieter unless tracing.
     logging.getLogger("pyfuse3").setLevel(logging.DEBUG if debug else logging.WARNING)
-
-
-def _fail(message: str) -> int:
-    print(f"lockfs: {message}", file=sys.stderr)
-    return EXIT_FAILURE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -243,11 +243,12 @@ class NodeTable:
         parent.children[name] = node
         if node.children is not None:
             parent.subdirs += 1
-            if node.children:
-                self._set_depth(node, parent.depth + 1)
+        if node.children:  # a moved, non-empty directory: renumber its subtree
+            self._set_depth(node, parent.depth + 1)
+        else:
+            node.depth = parent.depth + 1
         node.parent = parent
         node.name = name
-        node.depth = parent.depth + 1
 
     def _set_depth(self, directory: Node, depth: int) -> None:
         """Renumber a moved subtree (iteratively: subtrees are at most max_depth deep)."""
