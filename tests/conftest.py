@@ -321,6 +321,16 @@ class Daemons(Processes):
         self.pids.add(pid)
         return pid
 
+    def end(self, path: Path, pid: int, how: str) -> None:
+        """End daemon ``pid`` at ``path`` by ``SIGTERM``, ``umount`` or ``fusermount3``; it
+        must exit with status 0."""
+        if how == "SIGTERM":
+            os.kill(pid, signal.SIGTERM)
+        else:
+            cmd = ["umount", path] if how == "umount" else ["fusermount3", "-u", path]
+            assert self.run(*cmd).returncode == 0
+        assert self.wait_exit(pid) == 0
+
     def wait_exit(self, pid: int, timeout: float = 10.0) -> int:
         """Wait for daemon ``pid`` to exit; its exit code (negative: killed by a signal)."""
 

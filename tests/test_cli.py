@@ -72,12 +72,7 @@ def test_returns_once_the_mount_answers_and_the_daemon_exits_0(daemons: Daemons,
     st = os.stat(path)
     assert stat.S_IMODE(st.st_mode) == 0o750 and (st.st_uid, st.st_gid) == (34, 34)
     pid = daemons.daemon_pid(path)
-    if end == "SIGTERM":
-        os.kill(pid, signal.SIGTERM)
-    else:
-        cmd = ["umount", path] if end == "umount" else ["fusermount3", "-u", path]
-        assert daemons.run(*cmd).returncode == 0
-    assert daemons.wait_exit(pid) == 0
+    daemons.end(path, pid, end)
     assert mount_ids(path) == []
 
 

@@ -190,12 +190,7 @@ def test_mount_t_fuse_lockfs(installed: Path, daemons: Daemons, end: str) -> Non
     (path / "store1").mkdir()
     locker = daemons.helper("pbs", path / "store1" / "vm-100", "--release")
     assert locker.wait(timeout=10) == 0
-    if end == "SIGTERM":
-        os.kill(pid, signal.SIGTERM)
-    else:
-        cmd = ["umount", path] if end == "umount" else ["fusermount3", "-u", path]
-        assert daemons.run(*cmd).returncode == 0
-    assert daemons.wait_exit(pid) == 0
+    daemons.end(path, pid, end)
     assert entries_at(path) == [] and os.listdir(path) == []
 
 

@@ -111,12 +111,17 @@ def open_file_locked(path: str, exclusive: bool, timeout: float, owner: tuple[in
                 os.unlink(tmp)
                 os.close(fd)
                 continue
-        try:
-            flock_with_timeout(fd, exclusive, timeout)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return locked_or_closed(fd, exclusive, timeout)
+
+
+def locked_or_closed(fd: int, exclusive: bool, timeout: float) -> int:
+    """flock ``fd`` and return it; close it if locking fails."""
+    try:
+        flock_with_timeout(fd, exclusive, timeout)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def lock_helper(path: str, exclusive: bool, timeout: float, owner: tuple[int, int]) -> int:
@@ -145,12 +150,7 @@ def guard_lock(path: str, exclusive: bool, timeout: float, owner: tuple[int, int
 
 def plain_lock(path: str, exclusive: bool, timeout: float) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        flock_with_timeout(fd, exclusive, timeout)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return locked_or_closed(fd, exclusive, timeout)
 
 
 def record_lock(path: str, exclusive: bool, timeout: float, ofd: bool) -> int:
