@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .control import ControlError, query
+from .humanize import format_duration
 from .locks import format_table as format_lock_table
 from .locks import lock_rows, ofd_holders, read_proc_locks
 from .metrics import prometheus_text
@@ -25,13 +26,6 @@ def fail(message: str) -> int:
     return 1
 
 
-def _duration(seconds: float) -> str:
-    days, rest = divmod(int(seconds), 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    return (f"{days}d " if days else "") + f"{hours:02d}:{minutes:02d}:{secs:02d}"
-
-
 def format_status(status: dict[str, Any]) -> str:
     """``lockfs status`` as a human reads it."""
     requests = status["requests"]
@@ -41,7 +35,7 @@ def format_status(status: dict[str, Any]) -> str:
     options = ", ".join(f"{k}={v}" for k, v in shown.items())
     lines = [
         f"mountpoint       {status['mountpoint']} (daemon pid {status['pid']})",
-        f"uptime           {_duration(status['uptime_s'])}",
+        f"uptime           {format_duration(status['uptime_s'])}",
         f"live entries     {status['files']} files, {status['dirs']} directories "
         f"({status['open']} open, {status['referenced']} referenced by the kernel)",
         f"since mount      {status['created']} created, {status['reclaimed']} reclaimed, "

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .humanize import format_duration
+
 _LINE = re.compile(
     r"^(?P<id>\d+):\s+(?P<arrow>->\s+)?(?P<type>\S+)\s+(?P<adv>\S+)\s+(?P<rw>\S+)\s+"
     r"(?P<pid>-?\d+)\s+(?P<maj>[0-9a-f]+):(?P<min>[0-9a-f]+):(?P<ino>\d+)\s+"
@@ -167,7 +169,7 @@ def format_table(rows: list[LockRow]) -> str:
     lines = [header]
     for row in rows:
         path = row.path + (" (unlinked)" if row.unlinked else "")
-        held = "" if row.held_for is None else _duration(row.held_for)
+        held = "" if row.held_for is None else format_duration(row.held_for)
         pid = "?" if row.pid is None else str(row.pid)
         lines.append(
             (path, row.kind, row.mode, row.state, pid, row.command, str(row.waiters), held)
@@ -177,13 +179,3 @@ def format_table(rows: list[LockRow]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in lines
     )
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"

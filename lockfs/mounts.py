@@ -83,18 +83,18 @@ def entries_at(path: str | os.PathLike[str], *, resolve_path: bool = True) -> li
     return [entry for entry in mount_table() if entry.mountpoint == target]
 
 
-def mounts_at(path: str | os.PathLike[str], *, resolve: bool = True) -> list[str]:
+def mounts_at(path: str | os.PathLike[str], *, resolve_path: bool = True) -> list[str]:
     """Filesystem types mounted exactly at ``path``, oldest first.
 
-    A daemon asking about its own mountpoint passes ``resolve=False`` and a resolved path:
-    resolving stats the mount, which waits for the daemon itself.
+    A daemon asking about its own mountpoint passes ``resolve_path=False`` and a resolved
+    path: resolving stats the mount, which waits for the daemon itself.
     """
-    return [entry.fstype for entry in entries_at(path, resolve_path=resolve)]
+    return [entry.fstype for entry in entries_at(path, resolve_path=resolve_path)]
 
 
-def is_lockfs_mounted(path: str | os.PathLike[str], *, resolve: bool = True) -> bool:
+def is_lockfs_mounted(path: str | os.PathLike[str], *, resolve_path: bool = True) -> bool:
     """Whether the topmost mount at ``path`` is a lockfs."""
-    types = mounts_at(path, resolve=resolve)
+    types = mounts_at(path, resolve_path=resolve_path)
     return bool(types) and types[-1] == FSTYPE
 
 

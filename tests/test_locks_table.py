@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from lockfs.humanize import format_duration
 from lockfs.locks import lock_rows, parse_proc_locks
 from lockfs.options import OptionError, parse_options
 
@@ -52,3 +53,9 @@ def test_metrics_options() -> None:
         except OptionError:
             continue
         raise AssertionError(f"{bad} was accepted")
+
+
+def test_durations_show_at_most_two_units() -> None:
+    cases = {0.25: "0.2s", 59.94: "59.9s", 60: "1m00s", 123: "2m03s", 3599: "59m59s"}
+    cases |= {3600: "1h00m", 3723: "1h02m", 86399: "23h59m", 97200: "1d03h"}
+    assert {s: format_duration(s) for s in cases} == cases
