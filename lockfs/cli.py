@@ -21,25 +21,16 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, testing_hooks
 from .admin import SUBCOMMANDS
 from .admin import fail as _fail
 from .mounts import MountError, MountpointClaim, check_fuse_device, resolve, umount
 from .options import MountOptions, OptionError, parse_options
+from .testing_hooks import TestHooks
 
 log = logging.getLogger("lockfs")
 
 EXIT_FAILURE = 1
-
-#: Tests only: make the daemon signal itself at a start-up step, to check that the command
-#: then fails and leaves no mount behind (SIGKILL), or that a SIGTERM arriving during start-up
-#: is acted on once the daemon serves instead of killing it (which would leave a dead mount).
-STARTUP_FAULT_ENV = "LOCKFS_STARTUP_FAULT"
-_STARTUP_FAULTS = {
-    "kill-after-mount": ("after-mount", signal.SIGKILL),
-    "term-after-mount": ("after-mount", signal.SIGTERM),
-    "kill-when-ready": ("when-ready", signal.SIGKILL),
-}
 
 #: What mount.fuse3 passes as the mountpoint when given ``drop_privileges``: it has mounted
 #: already and hands over the /dev/fuse descriptor.
@@ -108,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     try:
         options = parse_options(args.options, MountOptions(uid=os.getuid(), gid=os.getgid()))
-    except OptionError as exc:
+        hooks = testing_hooks.from_environment()
+    except (OptionError, testing_hooks.HookError) as exc:
         return _fail(str(exc))
     options.debug = options.debug or args.debug
     foreground = args.foreground or options.debug
@@ -120,20 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     if foreground:
         _setup_logging(options.debug, to_syslog=False)
-        return _run(mountpoint, options, args.source, claim, ready_fd=None)
-    return _daemonize(mountpoint, options, args.source, claim)
-
-
-def _startup_fault(step: str) -> None:
-    fault = _STARTUP_FAULTS.get(os.environ.get(STARTUP_FAULT_ENV, ""))
-    if fault is not None and fault[0] == step:
-        os.kill(os.getpid(), fault[1])
+        return _run(mountpoint, options, args.source, hooks, claim, ready_fd=None)
+    return _daemonize(mountpoint, options, args.source, hooks, claim)
 
 
 def _run(
     mountpoint: str,
     options: MountOptions,
     source: str,
+    hooks: TestHooks,
     claim: MountpointClaim | None,
     ready_fd: int | None,
 ) -> int:
@@ -144,7 +131,7 @@ def _run(
     # Imported here so that `lockfs --help` and option errors work without pyfuse3.
     from .daemon import HANDLED_SIGNALS, Daemon
 
-    daemon = Daemon(mountpoint, options, fsname=source)
+    daemon = Daemon(mountpoint, options, fsname=source, hooks=hooks)
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     try:
         daemon.mount()
@@ -157,12 +144,12 @@ def _run(
     finally:
         if claim is not None:
             claim.release()
-    _startup_fault("after-mount")
+    hooks.at_startup_step("after-mount")
 
     def ready() -> None:
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
-            _startup_fault("when-ready")
+            hooks.at_startup_step("when-ready")
             os.close(ready_fd)
             _detach_stdio()
 
@@ -183,7 +170,13 @@ def _detach_stdio() -> None:
     os.close(null)
 
 
-def _daemonize(mountpoint: str, options: MountOptions, source: str, claim: MountpointClaim) -> int:
+def _daemonize(
+    mountpoint: str,
+    options: MountOptions,
+    source: str,
+    hooks: TestHooks,
+    claim: MountpointClaim,
+) -> int:
     """Fork a daemon; return 0 once the mount answers, or say why not and leave no mount.
 
     The parent keeps the mountpoint claim until then, so any lockfs mount that appears at the
@@ -199,7 +192,7 @@ def _daemonize(mountpoint: str, options: MountOptions, source: str, claim: Mount
             os.setsid()
             os.chdir("/")
             _setup_logging(options.debug, to_syslog=False, quiet=True)
-            code = _run(mountpoint, options, source, None, ready_fd=write_end)
+            code = _run(mountpoint, options, source, hooks, None, ready_fd=write_end)
         except BaseException:
             log.exception("lockfs daemon failed to start")  # still on the caller's stderr
         finally:

@@ -21,7 +21,7 @@ import trio
 
 log = logging.getLogger(__name__)
 
-RUN_DIR = os.environ.get("LOCKFS_RUN_DIR", "/run/lockfs")
+RUN_DIR = "/run/lockfs"
 MAX_REQUEST = 4096
 
 

@@ -29,12 +29,9 @@ from .mounts import FSTYPE, entries_at, is_busy, umount
 from .nodes import Limits, NodeTable, ReclaimPolicy
 from .options import MountOptions
 from .reclaimer import reclaim_loop
+from .testing_hooks import NO_HOOKS, TestHooks
 
 log = logging.getLogger(__name__)
-
-#: Set in the environment (tests only) to make any request naming this entry fail with EIO.
-FAULT_ENV = "LOCKFS_FAULT_INJECTION"
-FAULT_NAME = b"__lockfs_fault__"
 
 #: Signals that ask the daemon to unmount (it refuses while files are open). The CLI blocks
 #: them from before mounting until the daemon receives them, so that one arriving during
@@ -43,15 +40,16 @@ SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (*SHUTDOWN_SIGNALS, signal.SIGHUP)
 
 
-def _inject_fault(handler: str, args: tuple[object, ...]) -> None:
-    if FAULT_NAME in args:
-        raise RuntimeError(f"injected fault in {handler}")
-
-
 class Daemon:
     """One mount: its node table, its request handlers, and its lifecycle."""
 
-    def __init__(self, mountpoint: str, options: MountOptions, fsname: str = "lockfs") -> None:
+    def __init__(
+        self,
+        mountpoint: str,
+        options: MountOptions,
+        fsname: str = "lockfs",
+        hooks: TestHooks = NO_HOOKS,
+    ) -> None:
         self.mountpoint = os.path.realpath(mountpoint)
         self.options = options
         self.fsname = fsname
@@ -63,8 +61,7 @@ class Daemon:
             limits=Limits(options.max_entries, options.max_file_size, options.max_depth),
         )
         self.ops = LockOperations(self.table, trace=options.debug)
-        if os.environ.get(FAULT_ENV):
-            self.ops.fault_hook = _inject_fault
+        self.ops.fault_hook = hooks.request_hook()
         self._mounted = False
         #: The mount ID of this daemon's mount (None before mounting).
         self.mount_id: int | None = None

@@ -180,7 +180,7 @@ def test_drop_privileges_descriptor_is_refused(daemons: Daemons) -> None:
 @pytest.mark.parametrize("fault", ["kill-after-mount", "kill-when-ready"])
 def test_daemon_death_during_start_leaves_no_mount(daemons: Daemons, fault: str) -> None:
     path = daemons.mountpoint()
-    result = daemons.lockfs(path, LOCKFS_STARTUP_FAULT=fault)
+    result = daemons.lockfs(path, LOCKFS_TEST_HOOKS=f"startup={fault}")
     assert result.returncode == 1
     expected = "was killed by SIGKILL" if fault == "kill-after-mount" else "does not answer"
     assert expected in result.stderr, result.stderr
@@ -197,7 +197,7 @@ def test_sigterm_during_start_is_acted_on_once_serving(daemons: Daemons) -> None
     """A SIGTERM between mount(2) and the signal handler is held back, not fatal: the daemon
     comes up, then unmounts cleanly and exits 0 (default handling would leave a dead mount)."""
     path = daemons.mountpoint()
-    env = {**daemon_env(), "LOCKFS_STARTUP_FAULT": "term-after-mount"}
+    env = {**daemon_env(), "LOCKFS_TEST_HOOKS": "startup=term-after-mount"}
     proc = daemons.spawn(*lockfs_command(path, "-f"), env=env)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err

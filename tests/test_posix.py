@@ -170,7 +170,7 @@ def test_unsupported_kinds_get_clear_errors(mnt: Mount) -> None:
 
 
 def test_injected_fault_answers_eio_and_mount_survives(make_mount) -> None:  # type: ignore[no-untyped-def]
-    mnt = make_mount(LOCKFS_FAULT_INJECTION="1")
+    mnt = make_mount(LOCKFS_TEST_HOOKS="fault-entry")
     assert errno_of(os.mkdir, mnt / "__lockfs_fault__") == errno.EIO
     assert "injected fault in lookup" in mnt.log_text() or "injected fault" in mnt.log_text()
     (mnt / "after").mkdir()

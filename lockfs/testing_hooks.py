@@ -1,0 +1,95 @@
+"""The one seam through which the test suite makes lockfs fail on demand.
+
+``lockfs`` reads the environment variable ``LOCKFS_TEST_HOOKS`` once, when the mount command
+starts (:func:`from_environment`), and hands the result to the code that acts on it; nothing
+else in lockfs looks at the environment for test purposes. Production never sets it. Its value
+is a comma-separated list of hooks:
+
+``fault-entry``
+    Any request that names an entry called ``__lockfs_fault__`` raises inside its handler, so a
+    test sees the error boundary answer EIO, count a fault and keep serving.
+``startup=STEP``
+    The daemon signals itself at a start-up step, to check that the command then fails and
+    leaves no mount behind, or that a SIGTERM arriving during start-up is acted on once the
+    daemon serves instead of killing it. STEP is one of :data:`STARTUP_FAULTS`.
+
+An unknown hook is an error (the command refuses to start), so a test never silently runs
+without the failure it asked for. To add a hook: a field on :class:`TestHooks`, a branch in
+:func:`parse`, and the code that acts on the field.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+ENV = "LOCKFS_TEST_HOOKS"
+
+#: The entry name that makes a handler raise under ``fault-entry``.
+FAULT_NAME = b"__lockfs_fault__"
+
+#: ``startup=STEP``: the step at which the daemon signals itself, and the signal.
+STARTUP_FAULTS = {
+    "kill-after-mount": ("after-mount", signal.SIGKILL),
+    "term-after-mount": ("after-mount", signal.SIGTERM),
+    "kill-when-ready": ("when-ready", signal.SIGKILL),
+}
+
+#: Called at the start of every request handler with the handler's name and arguments.
+RequestHook = Callable[[str, tuple[Any, ...]], None]
+
+
+class HookError(ValueError):
+    """``LOCKFS_TEST_HOOKS`` names a hook that does not exist."""
+
+
+@dataclass(frozen=True)
+class TestHooks:
+    """The hooks in force for one lockfs process; the default is none."""
+
+    __test__ = False  # not a pytest test class
+
+    fault_entry: bool = False
+    startup: str | None = None
+
+    def request_hook(self) -> RequestHook | None:
+        """What the request handlers call first, or None when no request hook is set."""
+        return _raise_on_fault_name if self.fault_entry else None
+
+    def at_startup_step(self, step: str) -> None:
+        """Signal this process if ``startup=`` names this step."""
+        if self.startup is not None:
+            at, signum = STARTUP_FAULTS[self.startup]
+            if at == step:
+                os.kill(os.getpid(), signum)
+
+
+#: No hooks: what production runs with.
+NO_HOOKS = TestHooks()
+
+
+def _raise_on_fault_name(handler: str, args: tuple[Any, ...]) -> None:
+    if FAULT_NAME in args:
+        raise RuntimeError(f"injected fault in {handler}")
+
+
+def parse(value: str) -> TestHooks:
+    """The hooks named in ``value`` (see the module docstring)."""
+    hooks = TestHooks()
+    for item in filter(None, value.split(",")):
+        name, _, arg = item.partition("=")
+        if name == "fault-entry" and not arg:
+            hooks = replace(hooks, fault_entry=True)
+        elif name == "startup" and arg in STARTUP_FAULTS:
+            hooks = replace(hooks, startup=arg)
+        else:
+            raise HookError(f"{ENV}: unknown test hook {item!r}")
+    return hooks
+
+
+def from_environment(environ: Mapping[str, str] = os.environ) -> TestHooks:
+    """The hooks set in the environment: read once, when lockfs starts."""
+    return parse(environ.get(ENV, ""))

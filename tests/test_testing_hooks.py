@@ -1,0 +1,29 @@
+"""The test-hook seam: what LOCKFS_TEST_HOOKS may hold, and that nothing else is accepted."""
+
+from __future__ import annotations
+
+import pytest
+
+from lockfs.testing_hooks import FAULT_NAME, NO_HOOKS, HookError, TestHooks, from_environment
+
+
+def test_no_variable_means_no_hooks() -> None:
+    assert from_environment({}) == NO_HOOKS
+    assert NO_HOOKS.request_hook() is None
+    NO_HOOKS.at_startup_step("after-mount")  # does nothing
+
+
+def test_hooks_are_parsed() -> None:
+    hooks = from_environment({"LOCKFS_TEST_HOOKS": "fault-entry,startup=kill-when-ready"})
+    assert hooks == TestHooks(fault_entry=True, startup="kill-when-ready")
+    hook = hooks.request_hook()
+    assert hook is not None
+    hook("lookup", (1, b"other"))
+    with pytest.raises(RuntimeError, match="injected fault in lookup"):
+        hook("lookup", (1, FAULT_NAME))
+
+
+@pytest.mark.parametrize("value", ["fault", "startup=nonsense", "fault-entry=1", "startup"])
+def test_unknown_hooks_are_refused(value: str) -> None:
+    with pytest.raises(HookError, match="unknown test hook"):
+        from_environment({"LOCKFS_TEST_HOOKS": value})
