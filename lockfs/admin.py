@@ -11,42 +11,18 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from .control import ControlError, query
-from .humanize import format_duration
+from .control import ControlError, query, query_status
 from .locks import format_table as format_lock_table
 from .locks import lock_rows, ofd_holders, read_proc_locks
 from .metrics import prometheus_text
+from .status import format_text
 
 
 def fail(message: str) -> int:
     """Print ``lockfs: message`` on stderr; the exit status of a failed command."""
     print(f"lockfs: {message}", file=sys.stderr)
     return 1
-
-
-def format_status(status: dict[str, Any]) -> str:
-    """``lockfs status`` as a human reads it."""
-    requests = status["requests"]
-    total = sum(requests.values())
-    by_type = ", ".join(f"{op} {n}" for op, n in sorted(requests.items(), key=lambda i: -i[1]))
-    shown = {k: v for k, v in status["options"].items() if v not in (None, [], False)}
-    options = ", ".join(f"{k}={v}" for k, v in shown.items())
-    lines = [
-        f"mountpoint       {status['mountpoint']} (daemon pid {status['pid']})",
-        f"uptime           {format_duration(status['uptime_s'])}",
-        f"live entries     {status['files']} files, {status['dirs']} directories "
-        f"({status['open']} open, {status['referenced']} referenced by the kernel)",
-        f"since mount      {status['created']} created, {status['reclaimed']} reclaimed, "
-        f"{status['invalidations']} entries dropped from the kernel's cache",
-        f"reclaim backlog  {status['reclaim_backlog']} idle entries waiting for their delay",
-        f"requests         {total} ({by_type or 'none'})",
-        f"faults           {status['faults']} (handler errors answered with EIO)",
-        f"memory           {status['rss_bytes'] / 2**20:.1f} MiB resident",
-        f"options          {options}",
-    ]
-    return "\n".join(lines)
 
 
 def status_main(argv: Sequence[str]) -> int:
@@ -56,10 +32,13 @@ def status_main(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     try:
-        status = query(args.mountpoint, "status")
+        status = query_status(args.mountpoint)
     except ControlError as exc:
         return fail(str(exc))
-    print(json.dumps(status, indent=2, sort_keys=True) if args.json else format_status(status))
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2, sort_keys=True))
+    else:
+        print(format_text(status))
     return 0
 
 
@@ -99,7 +78,7 @@ def metrics_main(argv: Sequence[str]) -> int:
     parser.add_argument("mountpoint")
     args = parser.parse_args(argv)
     try:
-        status = query(args.mountpoint, "status")
+        status = query_status(args.mountpoint)
         locks = read_proc_locks(os.stat(args.mountpoint).st_dev)
     except (ControlError, OSError) as exc:
         return fail(str(exc))

@@ -19,6 +19,8 @@ from typing import Any
 
 import trio
 
+from .status import MountStatus
+
 log = logging.getLogger(__name__)
 
 RUN_DIR = "/run/lockfs"
@@ -153,3 +155,12 @@ def query(mountpoint: str, command: str, timeout: float = 10.0) -> Any:
     if not reply.get("ok"):
         raise ControlError(reply.get("error", "command failed"))
     return reply["result"]
+
+
+def query_status(mountpoint: str, timeout: float = 10.0) -> MountStatus:
+    """The status of the mount at ``mountpoint``."""
+    result = query(mountpoint, "status", timeout)
+    try:
+        return MountStatus.from_json(result)
+    except ValueError as exc:
+        raise ControlError(f"the daemon of {mountpoint} sent a bad status: {exc}") from None

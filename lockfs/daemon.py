@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import signal
-import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
 
 import pyfuse3
 import trio
 
+from .commands import ControlCommands
 from .control import serve_control, socket_path
 from .fuse_ops import LockOperations
-from .locks import read_proc_locks
-from .metrics import prometheus_text, write_atomically
+from .metrics import keep_metrics_file
 from .mounts import FSTYPE, entries_at, is_busy, umount
 from .nodes import Limits, NodeTable, ReclaimPolicy
 from .options import MountOptions
@@ -62,12 +59,13 @@ class Daemon:
         )
         self.ops = LockOperations(self.table, trace=options.debug)
         self.ops.fault_hook = hooks.request_hook()
+        #: What the control socket answers (status, node info).
+        self.commands = ControlCommands(self.mountpoint, self.table, self.ops, options)
         self._mounted = False
         #: The mount ID of this daemon's mount (None before mounting).
         self.mount_id: int | None = None
         #: Set once the kernel ended the FUSE session: the mount is gone, nothing to unmount.
         self._session_ended = False
-        self._started = time.monotonic()
 
     def mount(self) -> None:
         """Mount the filesystem (requests wait in the kernel until :meth:`serve` runs)."""
@@ -91,88 +89,20 @@ class Daemon:
             nursery.start_soon(self._handle_signals)
             if self.options.metrics_file:
                 nursery.start_soon(
-                    self._write_metrics, self.options.metrics_file, self.options.metrics_interval
+                    keep_metrics_file,
+                    self.options.metrics_file,
+                    self.options.metrics_interval,
+                    self.commands.status,
+                    self._device,
                 )
             # Bound before the mount is reported ready, so `lockfs status` works at once.
-            await nursery.start(serve_control, socket_path(self.mountpoint), self._command)
+            await nursery.start(serve_control, socket_path(self.mountpoint), self.commands)
             on_ready()
             # Handlers never wait, so one worker task serves every request in turn.
             await pyfuse3.main(min_tasks=1, max_tasks=1)
             self._session_ended = True
             log.info("FUSE session ended")
             nursery.cancel_scope.cancel()
-
-    def _command(self, command: str) -> Any:
-        """Answer a control-socket command; none of them changes anything."""
-        verb, _, rest = command.partition(" ")
-        if verb == "status" and not rest:
-            return self.status()
-        if verb == "nodes":
-            return self.node_info(int(word) for word in rest.split())
-        raise ValueError(f"unknown command {command!r}")
-
-    def node_info(self, inos: Iterable[int]) -> dict[str, dict[str, Any]]:
-        """Path, link state and open time of the given inode numbers (for `lockfs locks`)."""
-        now = self.table.clock()
-        info = {}
-        for ino in inos:
-            node = self.table.nodes.get(ino)
-            if node is None:
-                continue
-            info[str(ino)] = {
-                "path": node.path().decode("utf-8", "backslashreplace"),
-                "linked": node.parent is not None,
-                "opens": node.opens,
-                "open_for": round(now - node.open_since, 3) if node.opens else None,
-            }
-        return info
-
-    def status(self) -> dict[str, Any]:
-        """Counters and sizes of this mount, for `lockfs status` and the tests."""
-        table = self.table
-        dirs = table.dir_count
-        with open("/proc/self/statm") as statm:
-            rss_pages = int(statm.read().split()[1])
-        return {
-            "mountpoint": self.mountpoint,
-            "pid": os.getpid(),
-            "uptime_s": round(time.monotonic() - self._started, 3),
-            "nodes": len(table.nodes),
-            "files": len(table.nodes) - dirs,
-            "dirs": dirs,
-            "open": table.open_count,
-            "referenced": table.referenced_count,
-            "reclaim_backlog": table.idle_count,
-            "created": table.stats.created,
-            "reclaimed": table.stats.reclaimed,
-            "invalidations": table.stats.invalidations,
-            "requests": dict(self.ops.requests),
-            "faults": self.ops.faults,
-            "rss_bytes": rss_pages * resource.getpagesize(),
-            "options": {
-                "uid": self.options.uid,
-                "gid": self.options.gid,
-                "mode": f"{self.options.mode:04o}",
-                "reclaim_delay": self.options.reclaim_delay,
-                "dir_grace": self.options.dir_grace,
-                "debug": self.options.debug,
-                "kernel_flags": self.options.kernel_flags,
-                "metrics_file": self.options.metrics_file,
-                "max_entries": self.options.max_entries,
-                "max_file_size": self.options.max_file_size,
-                "max_depth": self.options.max_depth,
-            },
-        }
-
-    async def _write_metrics(self, path: str, interval: float) -> None:
-        """Rewrite the Prometheus text file every ``interval`` seconds (and at the start)."""
-        while True:
-            try:
-                locks = read_proc_locks(self._device())
-                write_atomically(path, prometheus_text(self.status(), locks))
-            except OSError as exc:
-                log.error("cannot write metrics to %s: %s", path, exc)
-            await trio.sleep(interval)
 
     def _device(self) -> int:
         """The mount's device number, from the mount table (never by stat'ing the mount)."""

@@ -22,16 +22,16 @@ def format_duration(seconds: float) -> str:
 
 
 def user_name(uid: int) -> str:
-    """``backup (34)``, or just the number for a uid without a passwd entry."""
+    """The user's name, or the number for a uid without a passwd entry."""
     try:
-        return f"{pwd.getpwuid(uid).pw_name} ({uid})"
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
 
 
 def group_name(gid: int) -> str:
-    """``backup (34)``, or just the number for a gid without a group entry."""
+    """The group's name, or the number for a gid without a group entry."""
     try:
-        return f"{grp.getgrgid(gid).gr_name} ({gid})"
+        return grp.getgrgid(gid).gr_name
     except KeyError:
         return str(gid)

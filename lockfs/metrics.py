@@ -1,53 +1,54 @@
-"""Counters in Prometheus text format (`lockfs metrics`, node-exporter textfile collector)."""
+"""Counters in Prometheus text format (`lockfs metrics`, node-exporter textfile collector).
+
+Which status field becomes which metric is declared on the field (lockfs.status); this module
+only renders, and keeps the metrics file current.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from collections import Counter
-from typing import Any
+from collections.abc import Callable, Mapping
 
-from .locks import KernelLock
+import trio
 
-# name, type, help, status key
-_SCALARS = (
-    ("lockfs_nodes", "gauge", "Live entries in the node table, by kind.", None),
-    ("lockfs_open_files", "gauge", "Nodes with at least one open handle.", "open"),
-    ("lockfs_kernel_referenced", "gauge", "Nodes the kernel holds a reference on.", "referenced"),
-    ("lockfs_reclaim_backlog", "gauge", "Idle nodes waiting for their delay.", "reclaim_backlog"),
-    ("lockfs_entries_created_total", "counter", "Nodes created since mount.", "created"),
-    ("lockfs_entries_reclaimed_total", "counter", "Idle nodes reclaimed.", "reclaimed"),
-    (
-        "lockfs_invalidations_total",
-        "counter",
-        "Entries the daemon asked the kernel to drop.",
-        "invalidations",
-    ),
-    ("lockfs_faults_total", "counter", "Handler exceptions answered with EIO.", "faults"),
-    ("lockfs_resident_memory_bytes", "gauge", "Daemon resident memory.", "rss_bytes"),
-    ("lockfs_uptime_seconds", "gauge", "Seconds since the daemon started.", "uptime_s"),
-)
+from .locks import KernelLock, read_proc_locks
+from .status import Metric, MountStatus, metric_of
+
+log = logging.getLogger(__name__)
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def prometheus_text(status: dict[str, Any], locks: list[KernelLock] | None = None) -> str:
-    """Render a ``status()`` dict (and optionally the mount's kernel locks) as metrics."""
-    mp = f'mountpoint="{_escape(status["mountpoint"])}"'
-    out: list[str] = []
-    for name, kind, help_text, key in _SCALARS:
-        out.append(f"# HELP {name} {help_text}")
-        out.append(f"# TYPE {name} {kind}")
-        if key is None:
-            out.append(f'{name}{{{mp},kind="file"}} {status["files"]}')
-            out.append(f'{name}{{{mp},kind="dir"}} {status["dirs"]}')
+def _labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items())
+
+
+def prometheus_text(status: MountStatus, locks: list[KernelLock] | None = None) -> str:
+    """Render a status (and optionally the mount's kernel locks) as metrics."""
+    mountpoint = {"mountpoint": status.mountpoint}
+    samples: dict[str, tuple[Metric, list[str]]] = {}
+    for status_field in dataclasses.fields(status):
+        metric = metric_of(status_field)
+        if metric is None:
+            continue
+        lines = samples.setdefault(metric.name, (metric, []))[1]
+        value = getattr(status, status_field.name)
+        if metric.key_label is not None:
+            for key, count in sorted(value.items()):
+                labels = _labels({**mountpoint, **metric.labels, metric.key_label: key})
+                lines.append(f"{metric.name}{{{labels}}} {count}")
         else:
-            out.append(f"{name}{{{mp}}} {status[key]}")
-    out.append("# HELP lockfs_requests_total FUSE requests served, by type.")
-    out.append("# TYPE lockfs_requests_total counter")
-    for op, count in sorted(status["requests"].items()):
-        out.append(f'lockfs_requests_total{{{mp},op="{op}"}} {count}')
+            lines.append(f"{metric.name}{{{_labels({**mountpoint, **metric.labels})}}} {value}")
+    out: list[str] = []
+    for metric, lines in samples.values():
+        out.append(f"# HELP {metric.name} {metric.help}")
+        out.append(f"# TYPE {metric.name} {metric.kind}")
+        out.extend(lines)
     if locks is not None:
         out.append("# HELP lockfs_locks Kernel locks on the mount, held or awaited.")
         out.append("# TYPE lockfs_locks gauge")
@@ -59,7 +60,7 @@ def prometheus_text(status: dict[str, Any], locks: list[KernelLock] | None = Non
                 for waiting in (False, True):
                     state = "waiting" if waiting else "held"
                     value = counts[(kind, mode, waiting)]
-                    labels = f'{mp},kind="{kind}",mode="{mode}",state="{state}"'
+                    labels = _labels({**mountpoint, "kind": kind, "mode": mode, "state": state})
                     out.append(f"lockfs_locks{{{labels}}} {value}")
     return "\n".join(out) + "\n"
 
@@ -70,3 +71,19 @@ def write_atomically(path: str, text: str) -> None:
     with open(tmp, "w") as out:
         out.write(text)
     os.replace(tmp, path)
+
+
+async def keep_metrics_file(
+    path: str, interval: float, status: Callable[[], MountStatus], device: Callable[[], int]
+) -> None:
+    """Rewrite the metrics file every ``interval`` seconds (and at once), until cancelled.
+
+    ``device`` gives the mount's device number, for its locks in /proc/locks; a failure is
+    logged and tried again at the next interval.
+    """
+    while True:
+        try:
+            write_atomically(path, prometheus_text(status(), read_proc_locks(device())))
+        except OSError as exc:
+            log.error("cannot write metrics to %s: %s", path, exc)
+        await trio.sleep(interval)

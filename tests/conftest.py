@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from lockfs.control import ControlError, query
+from lockfs.control import ControlError, query_status
 from lockfs.mounts import is_lockfs_mounted
+from lockfs.status import MountStatus
 
 REPO = Path(__file__).resolve().parent.parent
 #: The interpreter that runs the daemon: LOCKFS_DAEMON_PYTHON=/usr/bin/python3 runs it on
@@ -130,8 +131,8 @@ class Mount(Processes):
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def status(self) -> dict[str, Any]:
-        return query(str(self.path), "status")
+    def status(self) -> MountStatus:
+        return query_status(str(self.path))
 
     def run_helper(self, *args: str | os.PathLike[str], timeout: float = 30) -> str:
         proc = self.helper(*args)
@@ -139,10 +140,10 @@ class Mount(Processes):
         assert proc.returncode == 0, f"locker {args} failed ({proc.returncode}): {err}"
         return out
 
-    def wait_reclaimed(self, timeout: float = 10.0, *, nodes: int = 1) -> dict[str, Any]:
+    def wait_reclaimed(self, timeout: float = 10.0, *, nodes: int = 1) -> MountStatus:
         """Wait until only ``nodes`` nodes (by default the root) are left in the daemon."""
         return wait_for(
-            lambda: (s := self.status())["nodes"] <= nodes and s,
+            lambda: (s := self.status()).nodes <= nodes and s,
             timeout,
             f"the node table to shrink to {nodes}",
         )
@@ -311,13 +312,13 @@ class Daemons(Processes):
         """The pid of the daemon serving ``path`` (it must be reparented here). The control
         socket may be bound a moment after the mount answers, so this polls."""
 
-        def status() -> dict[str, Any] | None:
+        def status() -> MountStatus | None:
             try:
-                return query(str(path), "status", timeout=2)
+                return query_status(str(path), timeout=2)
             except ControlError:
                 return None
 
-        pid = int(wait_for(status, 10, f"the control socket of {path}")["pid"])
+        pid = wait_for(status, 10, f"the control socket of {path}").pid
         self.pids.add(pid)
         return pid
 
@@ -349,7 +350,7 @@ class Daemons(Processes):
                 if not is_lockfs_mounted(path):
                     break
                 with contextlib.suppress(Exception):
-                    self.pids.add(int(query(str(path), "status", timeout=2)["pid"]))
+                    self.pids.add(query_status(str(path), timeout=2).pid)
                 if subprocess.run(["umount", str(path)], capture_output=True).returncode:
                     subprocess.run(["umount", "-l", str(path)], capture_output=True)
         for pid in self.pids | _orphaned_daemons():

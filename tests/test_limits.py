@@ -34,7 +34,7 @@ def test_entry_limit_gives_enospc_and_recovers(make_mount) -> None:  # type: ign
     finally:
         for fd in held:
             os.close(fd)
-    wait_for(lambda: mnt.status()["nodes"] <= 2, 10, "the released files to be reclaimed")
+    wait_for(lambda: mnt.status().nodes <= 2, 10, "the released files to be reclaimed")
     fd = os.open(mnt / "busy/after", os.O_RDWR | os.O_CREAT, 0o644)
     os.close(fd)
 

@@ -70,10 +70,10 @@ def test_locks_lists_holders_modes_kinds_and_waiters(mnt: Mount) -> None:
 
 
 def test_status_and_metrics_counters_move(mnt: Mount) -> None:
-    before = mnt.status()["requests"]
+    before = mnt.status().requests
     for _ in range(5):
         mnt.run_helper("plain", mnt / "lock", "--release")
-    after = mnt.status()["requests"]
+    after = mnt.status().requests
     assert after["open"] + after.get("create", 0) >= before.get("open", 0) + 5
     assert after["release"] >= before.get("release", 0) + 5
 

@@ -166,7 +166,7 @@ def test_unsupported_kinds_get_clear_errors(mnt: Mount) -> None:
     (mnt / ("n" * 255)).write_bytes(b"ok")  # 255 bytes is fine
     assert os.statvfs(mnt.path).f_namemax == 255
     assert (mnt / "f").read_bytes() == b"x"  # still serving
-    assert mnt.status()["faults"] == 0
+    assert mnt.status().faults == 0
 
 
 def test_injected_fault_answers_eio_and_mount_survives(make_mount) -> None:  # type: ignore[no-untyped-def]
@@ -175,7 +175,7 @@ def test_injected_fault_answers_eio_and_mount_survives(make_mount) -> None:  # t
     assert "injected fault in lookup" in mnt.log_text() or "injected fault" in mnt.log_text()
     (mnt / "after").mkdir()
     assert (mnt / "after").is_dir()
-    assert mnt.status()["faults"] >= 1
+    assert mnt.status().faults >= 1
 
 
 def test_inode_numbers_never_reused(mnt: Mount) -> None:
@@ -184,5 +184,5 @@ def test_inode_numbers_never_reused(mnt: Mount) -> None:
         fd = os.open(mnt / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         seen.append(os.fstat(fd).st_ino)
         os.close(fd)
-        wait_for(lambda: not (mnt / "lock").exists() and mnt.status()["nodes"] == 1, 10, "reclaim")
+        wait_for(lambda: not (mnt / "lock").exists() and mnt.status().nodes == 1, 10, "reclaim")
     assert seen == sorted(set(seen))

@@ -39,4 +39,4 @@ def test_race_has_no_overlaps_and_loses_no_journal_lines(make_mount, tmp_path: P
     if left:
         journal.write_bytes(b"")
     status = mnt.wait_reclaimed(15)
-    assert status["open"] == 0
+    assert status.open == 0

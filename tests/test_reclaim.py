@@ -23,7 +23,7 @@ def test_empty_file_vanishes_after_last_close(mnt: Mount) -> None:
     os.close(fd)
     wait_for(lambda: gone(mnt / "store/lock"), 5, "the lock file to vanish")
     status = mnt.wait_reclaimed(5)  # the directory follows after its grace period
-    assert status["reclaimed"] >= 2 and status["open"] == 0
+    assert status.reclaimed >= 2 and status.open == 0
     assert os.listdir(mnt.path) == []
 
 
@@ -34,9 +34,9 @@ def test_data_file_is_kept_until_emptied(mnt: Mount) -> None:
     (mnt / "probe").touch()  # closed at the same moment, but empty
     # The probe was closed after the journal: once the probe is reclaimed, the journal's
     # delay has passed too, and only the journal (and the root) may be left.
-    wait_for(lambda: mnt.status()["reclaimed"] >= 1, 5, "the empty probe to be reclaimed")
+    wait_for(lambda: mnt.status().reclaimed >= 1, 5, "the empty probe to be reclaimed")
     assert gone(mnt / "probe")
-    assert mnt.status()["nodes"] == 2
+    assert mnt.status().nodes == 2
     assert journal.read_bytes() == b"line 1\n"
     with open(journal, "ab") as f:
         f.write(b"line 2\n")
@@ -50,7 +50,7 @@ def test_unlinked_held_file_is_dropped_after_close(mnt: Mount) -> None:
     fd = os.open(mnt / "held", os.O_RDWR | os.O_CREAT, 0o644)
     os.write(fd, b"data survives unlink while held")
     os.unlink(mnt / "held")
-    assert mnt.status()["nodes"] == 2
+    assert mnt.status().nodes == 2
     os.close(fd)
     mnt.wait_reclaimed(5)
 
@@ -98,8 +98,8 @@ def test_o_path_pin_locks_the_same_inode_as_a_fresh_open(mnt: Mount) -> None:
     holder = mnt.spawn(sys.executable, "-c", OPATH_HOLDER, lock)
     pinned_ino = int(holder.stdout.readline().split()[1])
     # Let the daemon ask the kernel to drop the idle entry; the O_PATH fd keeps the inode.
-    wait_for(lambda: mnt.status()["invalidations"] >= 1, 5, "the entry to be invalidated")
-    assert mnt.status()["files"] == 1
+    wait_for(lambda: mnt.status().invalidations >= 1, 5, "the entry to be invalidated")
+    assert mnt.status().files == 1
     holder.stdin.write("\n")
     holder.stdin.flush()
     line = holder.stdout.readline().split()
@@ -135,8 +135,8 @@ def test_directory_in_use_as_cwd_is_kept(mnt: Mount) -> None:
     )
     proc = mnt.spawn(sys.executable, "-c", script, cwd=mnt / "a/b")
     cwd_ino = int(proc.stdout.readline())
-    start = mnt.status()["invalidations"]
-    wait_for(lambda: mnt.status()["invalidations"] >= start + 1, 10, "b to be invalidated")
+    start = mnt.status().invalidations
+    wait_for(lambda: mnt.status().invalidations >= start + 1, 10, "b to be invalidated")
     proc.stdin.write("\n")
     proc.stdin.flush()
     assert proc.stdout.readline().strip() == "ok"
@@ -147,5 +147,5 @@ def test_directory_in_use_as_cwd_is_kept(mnt: Mount) -> None:
 def test_many_distinct_locks_leave_nothing(mnt: Mount) -> None:
     mnt.run_helper("bulk", mnt / "store", "3000", timeout=120)
     status = mnt.wait_reclaimed(30)
-    assert status["created"] > 3000
+    assert status.created > 3000
     assert os.listdir(mnt.path) == []

@@ -51,7 +51,7 @@ def test_thousands_of_held_locks(mnt: Mount) -> None:
     count = 5000
     holder = mnt.spawn(sys.executable, "-c", HOLD_MANY, mnt / "held", str(count))
     assert holder.stdout.readline().strip() == "ready", holder.stderr.read()
-    assert mnt.status()["open"] == count
+    assert mnt.status().open == count
     sample = [f"{i:06d}" for i in random.Random(1).sample(range(count), 200)]
     probe = subprocess.run(
         [sys.executable, "-c", PROBE_BUSY, mnt / "held", *sample], capture_output=True, text=True
@@ -60,7 +60,7 @@ def test_thousands_of_held_locks(mnt: Mount) -> None:
     holder.stdin.close()
     assert holder.wait(30) == 0
     status = mnt.wait_reclaimed(30)
-    assert status["open"] == 0
+    assert status.open == 0
 
 
 def test_killed_holders_release_their_locks(mnt: Mount) -> None:
@@ -74,7 +74,7 @@ def test_killed_holders_release_their_locks(mnt: Mount) -> None:
         holder.wait(10)
     assert subprocess.run(["flock", "-n", lock, "true"]).returncode == 0
     status = mnt.wait_reclaimed(10)
-    assert status["open"] == 0
+    assert status.open == 0
 
 
 CWD_WORKER = textwrap.dedent(
@@ -150,18 +150,18 @@ def test_listing_cwd_holders_and_churn_together(make_mount) -> None:  # type: ig
     result = json.loads(out)
     assert result["listings"] > 10 and result["duplicates"] == 0 and result["errors"] == 0
     status = mnt.wait_reclaimed(15)
-    assert status["open"] == 0 and status["faults"] == 0
+    assert status.open == 0 and status.faults == 0
 
 
 def test_daemon_memory_stays_bounded(make_mount) -> None:  # type: ignore[no-untyped-def]
     mnt: Mount = make_mount("reclaim_delay=0.05,dir_grace=0.2")
     mnt.run_helper("bulk", mnt / "warm", "2000", timeout=120)
-    start = mnt.wait_reclaimed(30)["rss_bytes"]
+    start = mnt.wait_reclaimed(30).rss_bytes
     for round_ in range(3):
         mnt.run_helper("bulk", mnt / f"s{round_}", "10000", str(round_ * 10000), timeout=300)
     status = mnt.wait_reclaimed(30)
-    assert status["created"] > 32000
-    assert status["rss_bytes"] - start < 32 << 20, (start, status["rss_bytes"])
+    assert status.created > 32000
+    assert status.rss_bytes - start < 32 << 20, (start, status.rss_bytes)
 
 
 def test_signals_while_requests_are_in_flight(make_mount, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -175,7 +175,7 @@ def test_signals_while_requests_are_in_flight(make_mount, tmp_path: Path) -> Non
         mnt.spawn(sys.executable, HELPERS / "race.py", "pbs", mnt, markers, "3", str(seed))
         for seed in range(3)
     ]
-    wait_for(lambda: mnt.status()["requests"].get("open", 0) > 50, 10, "workers to run")
+    wait_for(lambda: mnt.status().requests.get("open", 0) > 50, 10, "workers to run")
     for i in range(20):
         if mnt.proc.poll() is not None:
             break

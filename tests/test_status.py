@@ -1,0 +1,126 @@
+"""The status record: its JSON interface, its text and its Prometheus form, without FUSE."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from lockfs.locks import parse_proc_locks
+from lockfs.metrics import prometheus_text
+from lockfs.options import MountOptions
+from lockfs.status import MountStatus, format_text
+
+#: The JSON interface: scripts and lockfs-bench read these names, so none may change.
+STABLE_KEYS = {
+    "mountpoint", "pid", "uptime_s", "nodes", "files", "dirs", "open", "referenced",
+    "reclaim_backlog", "created", "reclaimed", "invalidations", "requests", "faults",
+    "rss_bytes", "options",
+}  # fmt: skip
+STABLE_OPTION_KEYS = {
+    "uid", "gid", "mode", "reclaim_delay", "dir_grace", "debug", "kernel_flags", "metrics_file",
+    "max_entries", "max_file_size", "max_depth",
+}  # fmt: skip
+
+
+def sample(**changes: Any) -> MountStatus:
+    options = MountOptions(uid=34, gid=34, mode=0o750, kernel_flags=["rw", "nosuid", "nodev"])
+    values: dict[str, Any] = dict(
+        mountpoint="/run/proxmox-backup/locks",
+        pid=4242,
+        uptime_s=3723.5,
+        nodes=4,
+        files=2,
+        dirs=2,
+        open=1,
+        referenced=3,
+        reclaim_backlog=1,
+        created=9,
+        reclaimed=5,
+        invalidations=6,
+        requests={"lookup": 7, "open": 3, "getattr": 7, "release": 2},
+        faults=0,
+        rss_bytes=25 << 20,
+        options=options,
+    )
+    values.update(changes)
+    return MountStatus(**values)
+
+
+def test_json_round_trip_keeps_the_field_names() -> None:
+    status = sample()
+    document = json.loads(json.dumps(status.to_json()))
+    assert set(document) >= STABLE_KEYS
+    assert set(document["options"]) >= STABLE_OPTION_KEYS
+    assert document["options"]["mode"] == "0750"
+    assert document["options"]["kernel_flags"] == ["rw", "nosuid", "nodev"]
+    assert MountStatus.from_json(document) == status
+
+
+def test_from_json_ignores_what_a_newer_daemon_adds() -> None:
+    document = sample().to_json()
+    document["added_later"] = 1
+    document["options"]["added_later"] = "x"
+    assert MountStatus.from_json(document) == sample()
+
+
+@pytest.mark.parametrize(
+    "document",
+    [[], "status", {"mountpoint": "/x"}, {**sample().to_json(), "options": {"mode": "9x"}}],
+    ids=["list", "string", "fields-missing", "bad-mode"],
+)
+def test_from_json_refuses_what_is_not_a_status(document: Any) -> None:
+    with pytest.raises(ValueError):
+        MountStatus.from_json(document)
+
+
+def test_text_shows_names_flags_and_durations() -> None:
+    text = format_text(sample())
+    by_label = {line[:17].strip(): line[17:] for line in text.splitlines()}
+    assert by_label["mountpoint"] == "/run/proxmox-backup/locks (daemon pid 4242)"
+    assert by_label["uptime"] == "1h02m"
+    assert by_label["requests"] == "19 (getattr 7, lookup 7, open 3, release 2)"
+    assert by_label["options"].startswith("uid=backup, gid=backup, mode=0750, reclaim_delay=0.5")
+    assert "debug" not in by_label["options"] and "metrics_file" not in by_label["options"]
+    assert by_label["kernel flags"] == "rw, nosuid, nodev"
+    assert "[" not in text and "]" not in text
+
+
+def test_text_shows_numbers_for_ids_without_a_name() -> None:
+    options = MountOptions(uid=48879, gid=48879, debug=True)
+    text = format_text(sample(options=options, requests={}))
+    assert "options          uid=48879, gid=48879, mode=0755," in text
+    assert ", debug," in text
+    assert "requests         0 (none)" in text
+    assert "kernel flags     none" in text
+
+
+LOCKS = """\
+1: FLOCK  ADVISORY  WRITE 4368 00:27:2 0 EOF
+1: -> FLOCK  ADVISORY  WRITE 4370 00:27:2 0 EOF
+2: OFDLCK ADVISORY  READ -1 00:27:6 0 EOF
+"""
+
+
+def test_prometheus_text() -> None:
+    text = prometheus_text(sample(mountpoint='/a "b"'), parse_proc_locks(LOCKS))
+    mp = 'mountpoint="/a \\"b\\""'
+    for line in (
+        "# TYPE lockfs_nodes gauge",
+        f'lockfs_nodes{{{mp},kind="file"}} 2',
+        f'lockfs_nodes{{{mp},kind="dir"}} 2',
+        f"lockfs_open_files{{{mp}}} 1",
+        "# TYPE lockfs_entries_reclaimed_total counter",
+        f"lockfs_entries_reclaimed_total{{{mp}}} 5",
+        f'lockfs_requests_total{{{mp},op="lookup"}} 7',
+        f"lockfs_uptime_seconds{{{mp}}} 3723.5",
+        f'lockfs_locks{{{mp},kind="flock",mode="exclusive",state="held"}} 1',
+        f'lockfs_locks{{{mp},kind="flock",mode="exclusive",state="waiting"}} 1',
+        f'lockfs_locks{{{mp},kind="ofd",mode="shared",state="held"}} 1',
+        f'lockfs_locks{{{mp},kind="posix",mode="shared",state="held"}} 0',
+    ):
+        assert line in text.splitlines(), line
+    assert text.count("# HELP lockfs_nodes ") == 1
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert len(names) == 12
