@@ -2,39 +2,113 @@
 
 They talk to the daemon over its root-only, read-only control socket and read the kernel's
 /proc/locks; none of them changes anything or touches the lock namespace.
+
+:data:`SUBCOMMANDS` is the registry the command line dispatches on (name → function taking
+the arguments after the name); every command runs inside one error boundary,
+:func:`run_subcommand`, so each ends with one of these exit statuses:
+
+* 0: done;
+* 1: failed, with ``lockfs: REASON`` on stderr: no lockfs daemon answers at the mountpoint
+  (not a lockfs mount, its daemon is gone, or not root), the daemon refused the command, or
+  the kernel's tables could not be read;
+* 2: usage error (unknown command or option, missing argument);
+* 3: the daemon was reached but gave no proper answer: it did not answer within the timeout,
+  or its reply was empty, truncated or not JSON. It may be stuck; see docs/deploying.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .control import ControlError, query, query_status
+from .control import ControlError, NoProperAnswer, query, query_status
 from .locks import format_table as format_lock_table
 from .locks import lock_rows, ofd_holders, read_proc_locks
 from .metrics import prometheus_text
+from .mounts import FSTYPE, entries_at
 from .status import format_text
 
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NO_PROPER_ANSWER = 3
 
-def fail(message: str) -> int:
-    """Print ``lockfs: message`` on stderr; the exit status of a failed command."""
+#: Seconds an admin command waits for the daemon's answer unless ``--timeout`` says otherwise.
+DEFAULT_TIMEOUT = 10.0
+
+Subcommand = Callable[[Sequence[str]], int]
+
+
+def fail(message: str, status: int = EXIT_FAILURE) -> int:
+    """Print ``lockfs: message`` on stderr; returns ``status``, the command's exit status."""
     print(f"lockfs: {message}", file=sys.stderr)
-    return 1
+    return status
+
+
+def summary(command: Subcommand) -> str:
+    """The first line of a subcommand's docstring: its one-line description in ``--help``."""
+    return (command.__doc__ or "").strip().partition("\n")[0]
+
+
+def subcommand_parser(name: str, command: Subcommand) -> argparse.ArgumentParser:
+    """The argument parser of ``lockfs NAME``, described by ``command``'s docstring (plain
+    text: it is shown as is by ``--help``)."""
+    return argparse.ArgumentParser(
+        prog=f"lockfs {name}", description=inspect.cleandoc(command.__doc__ or "")
+    )
+
+
+def _add_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up (exit status 3) if the daemon has not answered by then "
+        f"(default {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def run_subcommand(command: Subcommand, argv: Sequence[str]) -> int:
+    """The error boundary of every subcommand: a message and an exit status, no traceback."""
+    try:
+        return command(argv)
+    except NoProperAnswer as exc:
+        return fail(str(exc), EXIT_NO_PROPER_ANSWER)
+    except ControlError as exc:
+        return fail(str(exc))
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return fail(f"{where}{exc.strerror or exc}")
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except Exception as exc:  # a bug: say so, in one line
+        return fail(f"internal error: {type(exc).__name__}: {exc} (please report this)")
+
+
+def _device(mountpoint: str) -> int:
+    """The device number of the lockfs mounted at ``mountpoint``, from the mount table (a stat
+    of the mount would wait for a stuck daemon, or fail with ENOTCONN on a dead one)."""
+    entries = entries_at(mountpoint)
+    if not entries or entries[-1].fstype != FSTYPE:
+        raise ControlError(f"{mountpoint} is not a lockfs mount")
+    return entries[-1].dev
 
 
 def status_main(argv: Sequence[str]) -> int:
-    """``lockfs status MOUNTPOINT [--json]``: the daemon's counters."""
-    parser = argparse.ArgumentParser(prog="lockfs status", description=status_main.__doc__)
+    """Show the counters of the daemon serving MOUNTPOINT.
+
+    Live entries, what was created and reclaimed since the mount, requests by type, faults
+    (handler errors answered with EIO), memory and the mount options in force.
+    """
+    parser = subcommand_parser("status", status_main)
     parser.add_argument("mountpoint")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_timeout(parser)
     args = parser.parse_args(argv)
-    try:
-        status = query_status(args.mountpoint)
-    except ControlError as exc:
-        return fail(str(exc))
+    status = query_status(args.mountpoint, args.timeout)
     if args.json:
         print(json.dumps(status.to_json(), indent=2, sort_keys=True))
     else:
@@ -43,22 +117,25 @@ def status_main(argv: Sequence[str]) -> int:
 
 
 def locks_main(argv: Sequence[str]) -> int:
-    """``lockfs locks MOUNTPOINT [PATH-PREFIX] [--json]``: every held or awaited lock."""
-    parser = argparse.ArgumentParser(prog="lockfs locks", description=locks_main.__doc__)
+    """List every lock held or awaited on the mount at MOUNTPOINT.
+
+    One row per lock: path (relative to the mount), kind (flock, posix, ofd), mode, whether it
+    is held or awaited, the holder's pid and command, how many wait for it, and how long the
+    file has been open.
+    """
+    parser = subcommand_parser("locks", locks_main)
     parser.add_argument("mountpoint")
     parser.add_argument("prefix", nargs="?", default="", help="only paths starting with this")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_timeout(parser)
     args = parser.parse_args(argv)
-    try:
-        dev = os.stat(args.mountpoint).st_dev
-        locks = read_proc_locks(dev)
-        inos = sorted({lock.ino for lock in locks})
-        nodes = {
-            int(ino): info
-            for ino, info in query(args.mountpoint, f"nodes {' '.join(map(str, inos))}").items()
-        }
-    except (ControlError, OSError) as exc:
-        return fail(str(exc))
+    dev = _device(args.mountpoint)
+    locks = read_proc_locks(dev)
+    inos = " ".join(str(ino) for ino in sorted({lock.ino for lock in locks}))
+    reply = query(args.mountpoint, f"nodes {inos}", args.timeout)
+    if not isinstance(reply, dict):
+        raise NoProperAnswer(f"the lockfs daemon of {args.mountpoint} sent bad node info")
+    nodes = {int(ino): info for ino, info in reply.items()}
     ofd = [lock.ino for lock in locks if lock.kind == "ofd" and lock.pid is None]
     rows = lock_rows(locks, nodes, ofd_holders(dev, ofd) if ofd else None)
     prefix = args.prefix.strip("/")
@@ -73,20 +150,20 @@ def locks_main(argv: Sequence[str]) -> int:
 
 
 def metrics_main(argv: Sequence[str]) -> int:
-    """``lockfs metrics MOUNTPOINT``: counters and locks in Prometheus text format."""
-    parser = argparse.ArgumentParser(prog="lockfs metrics", description=metrics_main.__doc__)
+    """Print the counters and locks of the mount at MOUNTPOINT in Prometheus text format."""
+    parser = subcommand_parser("metrics", metrics_main)
     parser.add_argument("mountpoint")
+    _add_timeout(parser)
     args = parser.parse_args(argv)
-    try:
-        status = query_status(args.mountpoint)
-        locks = read_proc_locks(os.stat(args.mountpoint).st_dev)
-    except (ControlError, OSError) as exc:
-        return fail(str(exc))
-    sys.stdout.write(prometheus_text(status, locks))
+    status = query_status(args.mountpoint, args.timeout)
+    sys.stdout.write(prometheus_text(status, read_proc_locks(_device(args.mountpoint))))
     return 0
 
 
-SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+#: The admin commands by name. The command line adds ``mount``; a new command is one entry
+#: here: a function that parses its arguments (with :func:`subcommand_parser`) and returns an
+#: exit status, or raises ControlError/OSError for :func:`run_subcommand` to report.
+SUBCOMMANDS: dict[str, Subcommand] = {
     "status": status_main,
     "locks": locks_main,
     "metrics": metrics_main,

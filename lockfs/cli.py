@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, testing_hooks
-from .admin import SUBCOMMANDS
+from .admin import SUBCOMMANDS, run_subcommand
 from .admin import fail as _fail
 from .mounts import MountError, MountpointClaim, check_fuse_device, resolve, umount
 from .options import MountOptions, OptionError, parse_options
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # mount.fuse3 always passes -o, so a mount whose source is "status" is still a mount.
     if argv and argv[0] in SUBCOMMANDS and "-o" not in argv:
-        return SUBCOMMANDS[argv[0]](argv[1:])
+        return run_subcommand(SUBCOMMANDS[argv[0]], argv[1:])
     args = _parser().parse_args(argv)
     if _FD_MOUNTPOINT.fullmatch(args.mountpoint):
         return _fail(

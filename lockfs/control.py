@@ -8,6 +8,7 @@ command changes anything, so the socket cannot be used to disturb locks.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ from typing import Any
 
 import trio
 
+from .mounts import is_lockfs_mounted
 from .status import MountStatus
 
 log = logging.getLogger(__name__)
@@ -129,32 +131,99 @@ async def _answer(conn: trio.socket.SocketType, handle: Handler) -> None:
 
 
 class ControlError(Exception):
-    """The daemon could not be reached or refused the command."""
+    """A control command failed; the message says why, for the user.
+
+    Raised as such when the daemon refused the command; the subclasses say whether the daemon
+    could be reached at all.
+    """
+
+
+class DaemonUnreachable(ControlError):
+    """Nothing answers on the mount's control socket: it is missing, refuses connections (its
+    daemon is gone), or the caller may not open it (root only)."""
+
+
+class NoProperAnswer(ControlError):
+    """The daemon took the command but gave no proper answer: it timed out, or the reply was
+    empty, truncated, or not the JSON document the protocol promises."""
 
 
 def query(mountpoint: str, command: str, timeout: float = 10.0) -> Any:
-    """Send ``command`` to the daemon serving ``mountpoint`` and return its result."""
-    path = socket_path(os.path.realpath(mountpoint))
+    """Send ``command`` to the daemon serving ``mountpoint`` and return its result.
+
+    Every failure raises :class:`ControlError` (never ``OSError`` or a JSON error); the whole
+    exchange, connect to last byte, takes at most ``timeout`` seconds.
+    """
+    resolved = os.path.realpath(mountpoint)
+    path = socket_path(resolved)
     deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except OSError as exc:
-            raise ControlError(
-                f"no lockfs daemon answers for {mountpoint} ({path}: {exc.strerror})"
-            ) from None
-        sock.sendall(command.encode() + b"\n")
-        data = b""
-        while time.monotonic() < deadline:
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                break
-            data += chunk
-    reply = json.loads(data)
-    if not reply.get("ok"):
-        raise ControlError(reply.get("error", "command failed"))
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            try:
+                sock.connect(path)
+            except TimeoutError:  # its backlog is full: the daemon accepts no connections
+                raise
+            except OSError as exc:
+                raise DaemonUnreachable(_unreachable(mountpoint, resolved, path, exc)) from None
+            sock.sendall(command.encode() + b"\n")
+            data = _read_reply(sock, deadline)
+    except TimeoutError:
+        raise NoProperAnswer(
+            f"the lockfs daemon of {mountpoint} did not answer within {timeout:g}s: it may be "
+            "stuck or overloaded"
+        ) from None
+    except OSError as exc:
+        raise NoProperAnswer(
+            f"the connection to the lockfs daemon of {mountpoint} failed: {exc.strerror}"
+        ) from None
+    return _result(mountpoint, data)
+
+
+def _read_reply(sock: socket.socket, deadline: float) -> bytes:
+    """Everything the daemon sends until it closes the connection."""
+    data = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining)
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _result(mountpoint: str, data: bytes) -> Any:
+    """The result in a reply, which is one JSON object ending in a newline."""
+    bad = f"the lockfs daemon of {mountpoint} sent"
+    if not data:
+        raise NoProperAnswer(f"{bad} an empty reply (it may have died while answering)")
+    if not data.endswith(b"\n"):
+        raise NoProperAnswer(f"{bad} a truncated reply ({len(data)} bytes, no end of line)")
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise NoProperAnswer(f"{bad} a reply that is not JSON: {data[:60]!r}") from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        raise NoProperAnswer(f"{bad} a reply without the protocol's ok field: {data[:60]!r}")
+    if not reply["ok"]:
+        raise ControlError(f"the lockfs daemon of {mountpoint} refused: {reply.get('error')}")
+    if "result" not in reply:
+        raise NoProperAnswer(f"{bad} a reply without a result: {data[:60]!r}")
     return reply["result"]
+
+
+def _unreachable(mountpoint: str, resolved: str, path: str, exc: OSError) -> str:
+    """Why nothing answers on ``path``, in the terms an administrator acts on."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{path}: {exc.strerror} (the control socket is for root only)"
+    if not is_lockfs_mounted(resolved, resolve_path=False):
+        return f"{mountpoint} is not a lockfs mount (no daemon answers on {path})"
+    return (
+        f"no lockfs daemon answers for {mountpoint} ({path}: {exc.strerror}); if the daemon "
+        "is gone, the mount answers ENOTCONN until an administrator unmounts it"
+    )
 
 
 def query_status(mountpoint: str, timeout: float = 10.0) -> MountStatus:
@@ -163,4 +232,6 @@ def query_status(mountpoint: str, timeout: float = 10.0) -> MountStatus:
     try:
         return MountStatus.from_json(result)
     except ValueError as exc:
-        raise ControlError(f"the daemon of {mountpoint} sent a bad status: {exc}") from None
+        raise NoProperAnswer(
+            f"the lockfs daemon of {mountpoint} sent a bad status: {exc}"
+        ) from None
