@@ -1,18 +1,38 @@
-"""Command line: ``lockfs [SOURCE] MOUNTPOINT [-o OPTIONS] [-f] [-d]``.
+"""The ``lockfs`` command line: explicit commands, and the mount form mount.fuse3 runs.
 
-Follows the conventions of FUSE filesystems such as sshfs, so that ``mount -t fuse.lockfs``
-can start it: mount(8) runs /sbin/mount.fuse (fuse3's mount.fuse3), which runs
-``lockfs SOURCE MOUNTPOINT -o OPTIONS`` through ``/bin/sh -c`` with the shell's default PATH
+::
+
+    lockfs mount [SOURCE] MOUNTPOINT [-o OPTIONS] [-f] [-d]
+    lockfs status|locks|metrics MOUNTPOINT ...       (lockfs COMMAND --help)
+    lockfs SOURCE MOUNTPOINT -o OPTIONS               (what mount.fuse3 runs)
+    lockfs MOUNTPOINT [-o OPTIONS] [-f] [-d]          (by hand)
+
+``mount -t fuse.lockfs`` (fstab, systemd mount units) starts lockfs the way it starts sshfs:
+mount(8) runs /sbin/mount.fuse (fuse3's mount.fuse3), which runs ``lockfs SOURCE MOUNTPOINT
+-o OPTIONS`` (no SOURCE when it is empty) through ``/bin/sh -c`` with the shell's default PATH
 (mount(8) drops the caller's PATH), so ``lockfs`` must be in /usr/local/bin or /usr/sbin.
+mount.fuse3 always passes ``-o``: it adds ``dev`` and ``suid`` unless ``nodev``/``nosuid``
+were given, and mount(8) always adds ``rw`` or ``ro``.
 
-Without ``-f`` the command returns only once the mount answers, with exit status 0; otherwise
-it prints why on stderr, exits 1 and leaves no mount behind. The daemon exits 0 when its mount
-is unmounted (``umount``, ``fusermount3 -u``, or SIGTERM/SIGINT while nothing is open).
+So that a mistyped command never mounts, the first word decides (:func:`main`):
+
+1. a command name (:data:`COMMANDS`) runs that command, unless the arguments carry ``-o`` and
+   the name is not ``mount``: then it is mount.fuse3's form with a SOURCE named like a command;
+2. otherwise the arguments are a mount only if they carry ``-o`` (mount.fuse3's form), or their
+   only word is a path: it contains a ``/`` or names an existing directory;
+3. anything else (``lockfs lock /run/x``, ``lockfs frobnicate``) is a usage error, exit
+   status 2, and nothing is mounted.
+
+Without ``-f`` a mount returns only once it answers, with exit status 0; otherwise it prints
+why on stderr, exits 1 and leaves no mount behind. The daemon exits 0 when its mount is
+unmounted (``umount``, ``fusermount3 -u``, or SIGTERM/SIGINT while nothing is open). The exit
+statuses of the other commands are listed in lockfs.admin.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import logging.handlers
 import os
@@ -22,7 +42,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, testing_hooks
-from .admin import SUBCOMMANDS, run_subcommand
+from .admin import EXIT_USAGE, SUBCOMMANDS, Subcommand, run_subcommand, subcommand_parser, summary
 from .admin import fail as _fail
 from .mounts import MountError, MountpointClaim, check_fuse_device, resolve, umount
 from .options import MountOptions, OptionError, parse_options
@@ -36,32 +56,19 @@ EXIT_FAILURE = 1
 #: already and hands over the /dev/fuse descriptor.
 _FD_MOUNTPOINT = re.compile(r"/dev/fd/\d+")
 
+USAGE = """\
+usage: lockfs COMMAND [ARGUMENTS]
+       lockfs [SOURCE] MOUNTPOINT [-o OPTIONS] [-f] [-d]"""
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lockfs",
-        description="Mount a lock directory whose entries vanish once nobody holds them.",
-        epilog=(
-            "Options (-o, comma-separated): uid=USER, gid=GROUP, mode=OCTAL (root directory), "
-            "reclaim_delay=SECONDS (idle empty files, default 0.5), dir_grace=SECONDS (idle "
-            "empty directories, default 10), max_entries=N (default 1000000), "
-            "max_file_size=SIZE (default 64M), max_depth=N (default 32), metrics_file=PATH, "
-            "metrics_interval=SECONDS (default 15), debug, and the usual kernel flags (nosuid, "
-            "nodev, noexec, noatime, ...). Options for mount(8), fstab and systemd (nofail, "
-            "_netdev, x-systemd.*, ...) are accepted and ignored. "
-            "Other commands: `lockfs status MOUNTPOINT`, `lockfs locks MOUNTPOINT [PREFIX]`, "
-            "`lockfs metrics MOUNTPOINT` (root only; see --help of each)."
-        ),
-    )
-    parser.add_argument("source", nargs="?", default="lockfs", help="name shown in mount tables")
-    parser.add_argument("mountpoint", help="an existing, empty directory")
-    parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS")
-    parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    parser.add_argument(
-        "-d", "--debug", action="store_true", help="trace every request (implies -f)"
-    )
-    parser.add_argument("-V", "--version", action="version", version=f"lockfs {__version__}")
-    return parser
+_OPTIONS_HELP = (
+    "Options (-o, comma-separated): uid=USER, gid=GROUP, mode=OCTAL (root directory), "
+    "reclaim_delay=SECONDS (idle empty files, default 0.5), dir_grace=SECONDS (idle "
+    "empty directories, default 10), max_entries=N (default 1000000), "
+    "max_file_size=SIZE (default 64M), max_depth=N (default 32), metrics_file=PATH, "
+    "metrics_interval=SECONDS (default 15), debug, and the usual kernel flags (nosuid, "
+    "nodev, noexec, noatime, ...). Options for mount(8), fstab and systemd (nofail, "
+    "_netdev, x-systemd.*, ...) are accepted and ignored."
+)
 
 
 def _setup_logging(debug: bool, to_syslog: bool, quiet: bool = False) -> None:
@@ -83,12 +90,117 @@ def _setup_logging(debug: bool, to_syslog: bool, quiet: bool = False) -> None:
     logging.getLogger("pyfuse3").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
+def mount_main(argv: Sequence[str]) -> int:
+    """Mount lockfs at MOUNTPOINT, an existing empty directory.
+
+    Returns once the mount answers (exit status 0), or says why not and leaves no mount
+    (exit status 1). mount -t fuse.lockfs, fstab and systemd mount units run this command.
+    """
+    parser = subcommand_parser("mount", mount_main)
+    parser.epilog = _OPTIONS_HELP
+    parser.add_argument("source", nargs="?", default="lockfs", help="name shown in mount tables")
+    parser.add_argument("mountpoint", help="an existing, empty directory")
+    parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS")
+    parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    parser.add_argument(
+        "-d", "--debug", action="store_true", help="trace every request (implies -f)"
+    )
+    args = parser.parse_args(argv)
+    return _mount(args)
+
+
+#: Every command by name: ``mount`` and the admin commands of lockfs.admin.SUBCOMMANDS.
+COMMANDS: dict[str, Subcommand] = {"mount": mount_main, **SUBCOMMANDS}
+
+
+def _help() -> str:
+    width = max(len(name) for name in COMMANDS)
+    commands = "\n".join(f"  {name:<{width}}  {summary(fn)}" for name, fn in COMMANDS.items())
+    return f"""{USAGE}
+
+Mount a lock directory whose entries vanish once nobody holds them, and look inside
+running mounts (root only).
+
+commands:
+{commands}
+
+Without a command, the arguments are a mount if they carry -o (mount -t fuse.lockfs,
+fstab and systemd units go through mount.fuse3, which always passes -o) or if their only
+word is a path (it contains a "/" or names an existing directory). Any other first word
+is refused as an unknown command, so a mistyped command never mounts.
+
+Exit status: 0 done; 1 failed (the reason on stderr); 2 usage error; 3 the daemon was
+reached but did not answer properly in time (status, locks, metrics).
+
+lockfs COMMAND --help describes a command and its options (lockfs mount --help: the mount
+options).
+"""
+
+
+def _carries_options(argv: Sequence[str]) -> bool:
+    """Whether the arguments hold ``-o OPTIONS`` (or ``-oOPTIONS``), as mount.fuse3's do."""
+    return any(arg == "-o" or (arg.startswith("-o") and len(arg) > 2) for arg in argv)
+
+
+def _words(argv: Sequence[str]) -> list[str]:
+    """The arguments that are not options or values of ``-o``."""
+    words, after_o = [], False
+    for arg in argv:
+        if after_o:
+            after_o = False
+        elif arg == "-o":
+            after_o = True
+        elif not arg.startswith("-") or arg == "-":
+            words.append(arg)
+    return words
+
+
+def _not_a_mount(argv: Sequence[str]) -> str | None:
+    """Why arguments without a command cannot be a mount (see the module docstring), or None."""
+    if _carries_options(argv):
+        return None
+    words = _words(argv)
+    if not words:
+        return None  # options only: the mount parser says what is missing
+    first = words[0]
+    if first in COMMANDS:
+        return f"the command {first!r} must come first: lockfs {first} ..."
+    if len(words) == 1 and ("/" in first or os.path.isdir(first)):
+        return None
+    if "/" in first:
+        return (
+            "SOURCE MOUNTPOINT without -o is not a mount; by hand, run "
+            "lockfs mount SOURCE MOUNTPOINT"
+        )
+    close = difflib.get_close_matches(first, COMMANDS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown command {first!r}{hint}; a mountpoint must be an existing directory"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``lockfs`` with ``argv`` (default: the process's arguments); the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # mount.fuse3 always passes -o, so a mount whose source is "status" is still a mount.
-    if argv and argv[0] in SUBCOMMANDS and "-o" not in argv:
-        return run_subcommand(SUBCOMMANDS[argv[0]], argv[1:])
-    args = _parser().parse_args(argv)
+    if not argv:
+        print(f"{USAGE}\nlockfs: error: a command or a MOUNTPOINT is required", file=sys.stderr)
+        return EXIT_USAGE
+    first = argv[0]
+    if first in ("-h", "--help"):
+        print(_help(), end="")
+        return 0
+    if first in ("-V", "--version"):
+        print(f"lockfs {__version__}")
+        return 0
+    if first in COMMANDS and (first == "mount" or not _carries_options(argv)):
+        return run_subcommand(COMMANDS[first], argv[1:])
+    problem = _not_a_mount(argv)
+    if problem is not None:
+        print(f"{USAGE}\nlockfs: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_subcommand(mount_main, argv)
+
+
+def _mount(args: argparse.Namespace) -> int:
+    """Check, mount, and serve in the foreground or hand over to a daemon."""
     if _FD_MOUNTPOINT.fullmatch(args.mountpoint):
         return _fail(
             f"mount.fuse3 passed the descriptor {args.mountpoint} instead of a mountpoint "

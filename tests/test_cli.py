@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -18,7 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import Daemons, Mount, daemon_env, lockfs_command, wait_for
 
-from lockfs.mounts import FSTYPE, entries_at, is_lockfs_mounted
+from lockfs.cli import COMMANDS
+from lockfs.mounts import FSTYPE, entries_at, is_lockfs_mounted, mount_table
 
 EXIT_BUSY = 3  # locker.py: the lock is held by someone else
 
@@ -90,6 +92,82 @@ def test_accepts_what_mount_fuse3_passes(daemons: Daemons) -> None:
     assert result.returncode == 0, result.stderr
     (entry,) = entries_at(path)
     assert "nosuid" not in entry.options.split(",") and "nodev" not in entry.options.split(",")
+
+
+def test_mount_fuse3_runs_lockfs_and_mounts(daemons: Daemons) -> None:
+    """The real mount.fuse3, with ``lockfs`` found on the PATH it passes to ``/bin/sh -c``:
+    it always adds ``-o`` (here just ``dev,suid``), even for a SOURCE named like a command."""
+    bin_dir = daemons.tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "lockfs"
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(lockfs_command())} "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**daemon_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    for source in ("lockfs", "status"):
+        path = daemons.mountpoint()
+        result = daemons.run("mount.fuse3", source, path, "-t", "fuse.lockfs", env=env)
+        assert result.returncode == 0, result.stderr
+        (entry,) = entries_at(path)
+        assert (entry.fstype, entry.source) == (FSTYPE, source)
+        assert_serving(path)
+
+
+def test_mount_command(daemons: Daemons) -> None:
+    """``lockfs mount [SOURCE] MOUNTPOINT`` mounts without -o; options may come first."""
+    path = daemons.mountpoint()
+    result = daemons.lockfs("mount", "store-locks", path)
+    assert (result.returncode, result.stderr) == (0, "")
+    (entry,) = entries_at(path)
+    assert (entry.fstype, entry.source) == (FSTYPE, "store-locks")
+    assert daemons.run("umount", path).returncode == 0
+    result = daemons.lockfs("-o", "mode=0700", path)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["frobnicate", "{dir}"], "unknown command 'frobnicate'"),
+        (["lock", "{dir}"], "unknown command 'lock' (did you mean 'locks'?)"),
+        (["stauts", "{dir}", "--json"], "unknown command 'stauts' (did you mean 'status'?)"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+        (["-f", "frobnicate"], "unknown command 'frobnicate'"),
+        (["{dir}", "{dir}"], "SOURCE MOUNTPOINT without -o is not a mount"),
+        (["--json", "status", "{dir}"], "the command 'status' must come first"),
+    ],
+    ids=["unknown", "lock", "stauts", "word-alone", "word-with-f", "two-paths", "late-command"],
+)
+def test_a_mistyped_command_never_mounts(daemons: Daemons, words: list[str], message: str) -> None:
+    """Refused with a usage error (exit status 2), even where the typed word is a directory
+    in the working directory, and nothing is mounted anywhere."""
+    path = daemons.mountpoint()
+    (daemons.tmp_path / "lock").mkdir()  # `lockfs lock DIR` must not mount at ./lock either
+    daemons.track(daemons.tmp_path / "lock")
+    args = [word.format(dir=path) for word in words]
+    result = daemons.run(*lockfs_command(*args), env=daemon_env(), timeout=20)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("usage: lockfs COMMAND"), result.stderr
+    assert f"lockfs: error: {message}" in result.stderr
+    assert result.stdout == ""
+    with open("/proc/self/mountinfo") as mountinfo:
+        mounts = mountinfo.read()
+    assert f" {path} " not in mounts and f" {daemons.tmp_path / 'lock'} " not in mounts
+    assert not [e for e in mount_table() if e.fstype == FSTYPE and e.source in words]
+
+
+def test_help_lists_every_command_in_plain_text(daemons: Daemons) -> None:
+    result = daemons.lockfs("--help")
+    assert result.returncode == 0
+    listed = {
+        line.split()[0]
+        for line in result.stdout.split("commands:\n")[1].split("\n\n")[0].splitlines()
+    }
+    assert listed == set(COMMANDS) >= {"mount", "status", "locks", "metrics"}
+    for command in COMMANDS:
+        result = daemons.lockfs(command, "--help")
+        assert result.returncode == 0 and f"usage: lockfs {command}" in result.stdout
+        assert "`" not in result.stdout, result.stdout
 
 
 def test_relative_mountpoint(daemons: Daemons) -> None:
