@@ -44,7 +44,14 @@ from collections.abc import Sequence
 from . import __version__, testing_hooks
 from .admin import EXIT_USAGE, SUBCOMMANDS, Subcommand, run_subcommand, subcommand_parser, summary
 from .admin import fail as _fail
-from .mounts import MountError, MountpointClaim, check_fuse_device, resolve, umount
+from .mounts import (
+    MountError,
+    MountpointClaim,
+    check_fuse_device,
+    check_may_mount,
+    resolve,
+    umount,
+)
 from .options import MountOptions, OptionError, parse_options
 from .testing_hooks import TestHooks
 
@@ -218,6 +225,7 @@ def _mount(args: argparse.Namespace) -> int:
     foreground = args.foreground or options.debug
     mountpoint = resolve(args.mountpoint)
     try:
+        check_may_mount()
         check_fuse_device()
         claim = MountpointClaim(mountpoint)
     except MountError as exc:

@@ -186,15 +186,62 @@ class MountpointClaim:
             self.fd = None
 
 
+#: The capability mount(2) needs; lockfs mounts by itself, never through fusermount3.
+CAP_SYS_ADMIN = 21
+
+
+def may_mount() -> bool:
+    """Whether this process holds CAP_SYS_ADMIN (root normally does; a container's root may
+    not)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
+
+
+def check_may_mount() -> None:
+    """Refuse early, with the reason, when this process cannot mount."""
+    if may_mount():
+        return
+    who = "root without CAP_SYS_ADMIN" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    raise MountError(
+        f"mounting lockfs needs root (CAP_SYS_ADMIN), and this is {who}. lockfs mounts for all "
+        "users (allow_other) and checks and claims its mountpoint itself, so it does not mount "
+        "as an ordinary user through fusermount3: run it as root (mount -t fuse.lockfs, fstab, "
+        "the systemd unit, or sudo lockfs mount ...)"
+    )
+
+
 def check_fuse_device() -> None:
-    """Refuse early when /dev/fuse cannot be opened."""
+    """Refuse early, saying what is wrong, when /dev/fuse cannot be opened."""
     try:
         fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        raise MountError(
-            f"cannot open /dev/fuse: {exc.strerror} (is the fuse module loaded?)"
-        ) from None
+        raise MountError(_fuse_device_problem(exc)) from None
     os.close(fd)
+
+
+def _fuse_device_problem(exc: OSError) -> str:
+    problem = f"cannot open /dev/fuse: {exc.strerror}"
+    if exc.errno == errno.ENOENT:
+        return (
+            f"{problem}: load the fuse module (modprobe fuse); in a container, give it the "
+            "device (/dev/fuse)"
+        )
+    if exc.errno in (errno.ENODEV, errno.ENXIO):
+        return f"{problem}: the fuse module is not loaded (modprobe fuse)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        if not may_mount():
+            return f"{problem}: mounting lockfs needs root (CAP_SYS_ADMIN)"
+        return (
+            f"{problem}, although this process may mount: a device cgroup or a security "
+            "policy (container, AppArmor, SELinux) denies the device"
+        )
+    return problem
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)

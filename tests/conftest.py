@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -162,6 +163,30 @@ class Mount(Processes):
         if is_lockfs_mounted(self.path):
             subprocess.run(["umount", "-l", str(self.path)], check=False)
         self._log_file.close()
+
+
+#: The unprivileged user of the tests that need a second, real user.
+SECOND_USER = "lockfs-test"
+
+
+@pytest.fixture(scope="session")
+def second_user() -> pwd.struct_passwd:
+    """A real unprivileged user, created with useradd if the machine lacks it."""
+    try:
+        return pwd.getpwnam(SECOND_USER)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SECOND_USER,
+            ],
+            check=True,
+        )
+        return pwd.getpwnam(SECOND_USER)
 
 
 @pytest.fixture

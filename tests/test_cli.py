@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 import shlex
 import signal
 import stat
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -244,8 +246,33 @@ def test_no_dev_fuse(daemons: Daemons) -> None:
     cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
     result = daemons.run(*cmd, *lockfs_command(path), env=daemon_env())
     assert result.returncode == 1, result.stderr
-    assert "lockfs: cannot open /dev/fuse: No such file or directory" in result.stderr
+    expected = "lockfs: cannot open /dev/fuse: No such file or directory: load the fuse module"
+    assert expected in result.stderr
     assert mount_ids(path) == []
+
+
+def test_an_ordinary_user_is_told_that_mounting_needs_root(
+    daemons: Daemons, second_user: pwd.struct_passwd
+) -> None:
+    """As a real unprivileged user: the message says what is wrong (not the fuse module)."""
+    path = Path(tempfile.mkdtemp(prefix="lockfs-user-", dir="/tmp"))
+    daemons.track(path)
+    os.chown(path, second_user.pw_uid, second_user.pw_gid)
+    setpriv = ["setpriv", f"--reuid={second_user.pw_uid}", f"--regid={second_user.pw_gid}"]
+    try:
+        for args in (["mount", path], [path, "-f"], ["lockfs", path, "-o", "rw,nosuid,nodev"]):
+            cmd = [*setpriv, "--clear-groups", *lockfs_command(*args)]
+            result = daemons.run(*cmd, env=daemon_env(), timeout=20)
+            assert result.returncode == 1, result.stderr
+            expected = (
+                f"lockfs: mounting lockfs needs root (CAP_SYS_ADMIN), and this is uid "
+                f"{second_user.pw_uid}."
+            )
+            assert result.stderr.startswith(expected), result.stderr
+            assert "fusermount3" in result.stderr and "fuse module" not in result.stderr
+            assert mount_ids(path) == []
+    finally:
+        path.rmdir()
 
 
 def test_drop_privileges_descriptor_is_refused(daemons: Daemons) -> None:

@@ -9,10 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 from conftest import Mount
-
-USER = "lockfs-test"
 
 PROBE = textwrap.dedent(
     """
@@ -43,19 +40,6 @@ PROBE = textwrap.dedent(
     print(json.dumps(results))
     """
 )
-
-
-@pytest.fixture(scope="module")
-def second_user() -> pwd.struct_passwd:
-    """A real unprivileged user, created with useradd if the machine lacks it."""
-    try:
-        return pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER],
-            check=True,
-        )
-        return pwd.getpwnam(USER)
 
 
 def run_as(
