@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import socket
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import trio
@@ -66,33 +68,94 @@ def socket_path(mountpoint: str) -> str:
 Handler = Callable[[str], Any]
 
 
+@contextlib.contextmanager
+def _run_dir_locked(run_dir: str) -> Iterator[None]:
+    """An exclusive flock on the socket directory. Daemons hold it while they publish their
+    socket (bind and listen) and while anyone removes sockets, so a socket that is bound but
+    not yet listening (it refuses connections like a stale one) is never taken for stale."""
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _is_stale(path: str) -> bool:
+    """Whether ``path`` is a socket nobody listens on: its daemon is gone (ECONNREFUSED).
+    Anything else (it answers, its backlog is full, it is not a socket) is left alone."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+    return False
+
+
+def _remove_stale(paths: Iterable[str]) -> list[str]:
+    removed = []
+    for path in paths:
+        if _is_stale(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            removed.append(path)
+    return removed
+
+
+def remove_stale_sockets(paths: Iterable[str] | None = None, run_dir: str = RUN_DIR) -> list[str]:
+    """Remove the control sockets whose daemon is gone: all in ``run_dir``, or only ``paths``
+    (which must be in it). A live daemon's socket is never removed. Returns what was removed.
+    """
+    try:
+        with _run_dir_locked(run_dir):
+            if paths is None:
+                paths = [entry.path for entry in os.scandir(run_dir)]
+            return _remove_stale(paths)
+    except FileNotFoundError:  # no socket directory: no sockets
+        return []
+
+
 async def serve_control(
     path: str, handle: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Answer commands on ``path`` until cancelled.
 
-    Started with ``nursery.start``: it reports started once the socket is bound (or binding
-    failed, which is logged: the mount serves on without its control socket). On the way out
-    the socket file is removed only if it is still this daemon's (a later mount at the same
-    place may have taken the name).
+    Started with ``nursery.start``: it reports started once the socket listens (or binding
+    failed, which is logged: the mount serves on without its control socket). First it
+    removes the sockets that killed daemons left in the directory (never a live one), and takes
+    over ``path`` from an earlier daemon of the same mountpoint. On the way out the socket file
+    is removed only if it is still this daemon's (a later mount at the same place may have
+    taken the name).
     """
+    run_dir = os.path.dirname(path)
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        old_umask = os.umask(0o177)
-        try:
-            await listener.bind(path)
-        finally:
-            os.umask(old_umask)
-        listener.listen(16)
+        os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        with _run_dir_locked(run_dir):
+            stale = _remove_stale(entry.path for entry in os.scandir(run_dir))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            old_umask = os.umask(0o177)
+            try:
+                await listener.bind(path)
+            finally:
+                os.umask(old_umask)
+            listener.listen(16)
         bound = os.stat(path)
     except OSError as exc:
         listener.close()
         log.error("no control socket for this mount (%s): %s", path, exc)
         task_status.started()
         return
+    for removed in stale:
+        log.info("removed the stale control socket %s (its daemon is gone)", removed)
     task_status.started()
     try:
         async with trio.open_nursery() as nursery:
@@ -101,7 +164,7 @@ async def serve_control(
                 nursery.start_soon(_answer, conn, handle)
     finally:
         listener.close()
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError), _run_dir_locked(run_dir):
             current = os.stat(path)
             if (current.st_dev, current.st_ino) == (bound.st_dev, bound.st_ino):
                 os.unlink(path)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from lockfs.control import ControlError, query_status
+from lockfs.control import ControlError, query_status, remove_stale_sockets, socket_path
 from lockfs.mounts import is_lockfs_mounted
 from lockfs.status import MountStatus
 
@@ -162,6 +162,8 @@ class Mount(Processes):
                 self.proc.wait()
         if is_lockfs_mounted(self.path):
             subprocess.run(["umount", "-l", str(self.path)], check=False)
+        # A daemon that was killed leaves its control socket behind.
+        remove_stale_sockets([socket_path(os.path.realpath(self.path))])
         self._log_file.close()
 
 
@@ -387,6 +389,8 @@ class Daemons(Processes):
                         os.waitpid(pid, 0)
                         break
                     time.sleep(0.01)
+        # Daemons that were killed leave their control sockets behind.
+        remove_stale_sockets([socket_path(os.path.realpath(path)) for path in self.paths])
         _set_subreaper(False)
 
 

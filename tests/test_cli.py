@@ -7,11 +7,13 @@ use ``make_mount``. Every mount is removed in teardown, even when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pwd
 import shlex
 import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -22,6 +24,7 @@ import pytest
 from conftest import Daemons, Mount, daemon_env, lockfs_command, wait_for
 
 from lockfs.cli import COMMANDS
+from lockfs.control import query_status, socket_path
 from lockfs.mounts import FSTYPE, entries_at, is_lockfs_mounted, mount_table
 
 EXIT_BUSY = 3  # locker.py: the lock is held by someone else
@@ -417,3 +420,58 @@ def test_sigkill_leaves_enotconn_until_umount(
     pid = daemons.daemon_pid(mnt.path)
     subprocess.run(["umount", mnt.path], check=True)
     assert daemons.wait_exit(pid) == 0
+
+
+# --- Control sockets: a killed daemon's is removed, a live one's never ------------------------
+
+
+def socket_of(path: Path) -> str:
+    return socket_path(os.path.realpath(path))
+
+
+def is_refused(sock_path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(sock_path)
+        except ConnectionRefusedError:
+            return True
+    return False
+
+
+def test_a_new_daemon_removes_stale_control_sockets_only(daemons: Daemons) -> None:
+    live = daemons.mounted_mountpoint()
+    live_pid = daemons.daemon_pid(live)
+    dead = daemons.dead_mountpoint()
+    assert is_refused(socket_of(dead))  # SIGKILL left its socket behind
+    # A socket whose owner closed it, and one that listens but is never answered.
+    closed_dir, busy_dir = daemons.mountpoint(), daemons.mountpoint()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as closed:
+        closed.bind(socket_of(closed_dir))
+    busy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        busy.bind(socket_of(busy_dir))
+        busy.listen(1)
+        assert is_refused(socket_of(closed_dir))
+
+        daemons.mounted_mountpoint()  # the next daemon to start cleans up
+
+        assert not os.path.exists(socket_of(dead))
+        assert not os.path.exists(socket_of(closed_dir))
+        assert os.path.exists(socket_of(busy_dir))
+        assert query_status(str(live), timeout=5).pid == live_pid
+    finally:
+        busy.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(socket_of(busy_dir))
+
+
+def test_fixture_teardown_removes_the_socket_of_a_killed_daemon(
+    make_mount: Callable[..., Mount],
+) -> None:
+    mnt = make_mount()
+    sock = socket_of(mnt.path)
+    mnt.proc.kill()
+    mnt.proc.wait(timeout=10)
+    assert is_refused(sock)
+    mnt.stop()
+    assert not os.path.exists(sock) and not is_lockfs_mounted(mnt.path)
