@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -75,6 +76,11 @@ def run_subcommand(command: Subcommand, argv: Sequence[str]) -> int:
     """The error boundary of every subcommand: a message and an exit status, no traceback."""
     try:
         return command(argv)
+    except BrokenPipeError:  # the reader went away (lockfs metrics | head): no message
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the exit flush does not fail again
+        os.close(devnull)
+        return EXIT_FAILURE
     except NoProperAnswer as exc:
         return fail(str(exc), EXIT_NO_PROPER_ANSWER)
     except ControlError as exc:
