@@ -31,6 +31,7 @@ from .locks import lock_rows, ofd_holders, read_proc_locks
 from .metrics import prometheus_text
 from .mounts import FSTYPE, entries_at
 from .status import format_text
+from .switchover import main as switchover_main
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -173,4 +174,5 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "status": status_main,
     "locks": locks_main,
     "metrics": metrics_main,
+    "switch-over": switchover_main,
 }

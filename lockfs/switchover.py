@@ -1,0 +1,427 @@
+"""``lockfs switch-over [DIR]``: replace a plain lock directory by a lockfs mount, keeping data.
+
+What it keeps, whatever happens:
+
+* It never acts while a process holds or awaits a lock, has a file open or has its working
+  directory anywhere in the old directory (checked by inode against /proc/locks and every
+  process's descriptors, before and again after the directory was moved aside, so a process
+  that opened something in between is caught).
+* It never acts on a mount: a directory that is already a lockfs mount is left alone ("nothing
+  to do"), any other mountpoint, a directory inside a lockfs, or a tree that crosses into
+  another filesystem is refused.
+* Nothing is lost: every non-empty regular file (PBS's ``move-journal``) arrives in the new mount
+  at the same path with its owner, mode and content (read back and compared), inside
+  directories with the old owners and modes. Only empty files (stale lock files nobody holds)
+  and directories without data are left behind.
+* Refusals change nothing. A failure after the old directory was moved aside unmounts the new
+  mount (never lazily) and moves the old directory back; if even that is impossible the message
+  says where the old directory is.
+
+The steps: check; rename the old directory to ``.NAME.lockfs-switch-over`` beside it (same
+filesystem, so the inodes stay the same); check again; create a fresh, empty mountpoint with
+the old owner and mode; mount lockfs there through mount(8) (``mount -t fuse.lockfs``, as fstab
+and the systemd unit do, from ``/`` so that mount(8) keeps the source ``lockfs``); copy the data
+files in; remove the old tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .locks import read_proc_locks
+from .mounts import FSTYPE, entries_at, mount_table, resolve, umount
+from .options import MountOptions, OptionError, parse_options
+
+DEFAULT_DIR = "/run/proxmox-backup/locks"
+ASIDE_SUFFIX = ".lockfs-switch-over"
+#: mount(8) runs mount.fuse3, which finds `lockfs` on /bin/sh's default PATH.
+MOUNT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class Refused(Exception):
+    """The switch-over cannot go ahead, or failed; the message says why and what is left."""
+
+
+@dataclass
+class Entry:
+    """One entry of the old tree: its path relative to the tree's root, and its lstat."""
+
+    rel: str
+    st: os.stat_result
+
+
+@dataclass
+class Tree:
+    """The old directory's contents, walked without following symlinks or crossing mounts."""
+
+    root: str
+    root_st: os.stat_result
+    dirs: list[Entry] = field(default_factory=list)
+    #: Regular files holding data: carried into the mount.
+    data: list[Entry] = field(default_factory=list)
+    #: Empty regular files: stale lock files, left behind.
+    empty: list[Entry] = field(default_factory=list)
+    #: What lockfs cannot hold (symlinks, devices, FIFOs, sockets, hard-linked data, other
+    #: filesystems): any of them makes the switch-over refuse.
+    problems: list[str] = field(default_factory=list)
+
+    def paths_by_inode(self) -> dict[int, str]:
+        """Every entry's inode number and path relative to the root (``.`` for the root)."""
+        paths = {e.st.st_ino: e.rel for e in (*self.dirs, *self.data, *self.empty)}
+        paths[self.root_st.st_ino] = "."
+        return paths
+
+
+def scan(root: str) -> Tree:
+    """Walk ``root`` (a directory) and sort its entries; see :class:`Tree`."""
+    tree = Tree(root, os.lstat(root))
+    pending = [""]
+    while pending:
+        rel_dir = pending.pop()
+        with os.scandir(os.path.join(root, rel_dir)) as listing:
+            children = sorted(listing, key=lambda e: e.name)
+        for child in children:
+            rel = os.path.join(rel_dir, child.name)
+            st = child.stat(follow_symlinks=False)
+            entry = Entry(rel, st)
+            if st.st_dev != tree.root_st.st_dev:
+                tree.problems.append(f"{rel} is on another filesystem (a mount inside)")
+            elif stat.S_ISDIR(st.st_mode):
+                tree.dirs.append(entry)
+                pending.append(rel)
+            elif not stat.S_ISREG(st.st_mode):
+                tree.problems.append(f"{rel} is not a regular file or directory")
+            elif st.st_size == 0:
+                tree.empty.append(entry)
+            elif st.st_nlink > 1:
+                tree.problems.append(f"{rel} holds data and has {st.st_nlink} hard links")
+            else:
+                tree.data.append(entry)
+    tree.dirs.sort(key=lambda e: e.rel)
+    return tree
+
+
+def users_of(tree: Tree) -> list[str]:
+    """Every process that holds or awaits a lock on, has open, or works in an entry of
+    ``tree``, one line each (empty if none). Compares inodes, so it sees through renames."""
+    dev, paths = tree.root_st.st_dev, tree.paths_by_inode()
+    found: list[str] = []
+    for lock in read_proc_locks(dev):
+        if lock.ino in paths:
+            state = "awaits" if lock.waiting else "holds"
+            mode = "an exclusive" if lock.exclusive else "a shared"
+            who = f"pid {lock.pid} ({_command(lock.pid)})" if lock.pid else "an open file"
+            found.append(f"{who} {state} {mode} {lock.kind} lock on {paths[lock.ino]}")
+    me = os.getpid()
+    for pid in (int(name) for name in os.listdir("/proc") if name.isdigit()):
+        if pid == me:
+            continue
+        for link in _process_links(pid):
+            try:
+                st = os.stat(link)
+            except OSError:
+                continue
+            if st.st_dev == dev and st.st_ino in paths:
+                what = "works in" if link.endswith(("/cwd", "/root")) else "has open"
+                found.append(f"pid {pid} ({_command(pid)}) {what} {_readlink(link)}")
+    return found
+
+
+def _process_links(pid: int) -> list[str]:
+    base = f"/proc/{pid}"
+    try:
+        fds = [f"{base}/fd/{fd}" for fd in os.listdir(f"{base}/fd")]
+    except OSError:
+        return []
+    return [f"{base}/cwd", f"{base}/root", *fds]
+
+
+def _readlink(link: str) -> str:
+    try:
+        return os.readlink(link)
+    except OSError:
+        return link
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return "?"
+
+
+def _mount_containing(path: str) -> str:
+    """The type of the filesystem ``path`` (resolved) lives on."""
+    best, fstype = "", ""
+    for entry in mount_table():
+        point = entry.mountpoint
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, entry.fstype
+    return fstype
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(old: str, new: str) -> None:
+    """renameat2(RENAME_NOREPLACE): never replaces an existing ``new`` (os.rename would
+    replace an empty directory)."""
+    if _libc.renameat2(_AT_FDCWD, os.fsencode(old), _AT_FDCWD, os.fsencode(new), _RENAME_NOREPLACE):
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), new)
+
+
+@dataclass
+class Plan:
+    """What a switch-over of one directory will do."""
+
+    path: str
+    aside: str
+    options: str
+    tree: Tree
+
+
+def plan(path: str, extra_options: str = "") -> Plan | None:
+    """Check everything that can be checked without changing anything. None: ``path`` is a
+    lockfs mount already (nothing to do). Raises :class:`Refused`."""
+    entries = entries_at(path, resolve_path=False)
+    if entries:
+        top = entries[-1]
+        if top.fstype != FSTYPE:
+            raise Refused(f"{path} is a mountpoint ({top.fstype}), not a plain directory")
+        try:
+            os.statvfs(path)
+        except OSError as exc:
+            raise Refused(
+                f"{path} is a lockfs mount whose daemon does not answer ({exc.strerror}): "
+                "stop the processes using it (fuser -vm), umount it, then mount again"
+            ) from None
+        return None
+    if _mount_containing(path) == FSTYPE:
+        raise Refused(f"{path} is inside a lockfs mount")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise Refused(f"{path} does not exist: there is nothing to switch over") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise Refused(f"{path} is not a directory")
+    parent, name = os.path.split(path)
+    aside = os.path.join(parent, f".{name}{ASIDE_SUFFIX}")
+    if os.path.lexists(aside):
+        raise Refused(
+            f"{aside} exists, left by an earlier switch-over that failed: look at it, move "
+            "what it holds back or remove it, then run again"
+        )
+    options = (
+        f"uid={st.st_uid},gid={st.st_gid},mode={stat.S_IMODE(st.st_mode):04o},nosuid,nodev,noexec"
+        + (f",{extra_options}" if extra_options else "")
+    )
+    try:
+        limits = parse_options([options], MountOptions())
+    except OptionError as exc:
+        raise Refused(f"bad mount options: {exc}") from None
+    tree = scan(path)
+    too_big = [e.rel for e in tree.data if e.st.st_size > limits.max_file_size]
+    problems = tree.problems + [f"{rel} is larger than max_file_size" for rel in too_big]
+    if problems:
+        raise Refused(f"{path} holds entries lockfs cannot carry over: " + "; ".join(problems[:10]))
+    _refuse_if_used(tree, path)
+    return Plan(path, aside, options, tree)
+
+
+def _refuse_if_used(tree: Tree, shown_as: str) -> None:
+    users = users_of(tree)
+    if users:
+        raise Refused(
+            f"{shown_as} is in use, so locks may be held there:\n  "
+            + "\n  ".join(users[:20])
+            + ("\n  ..." if len(users) > 20 else "")
+            + "\nStop these processes (on a PBS host: systemctl stop proxmox-backup-proxy "
+            "proxmox-backup) and run the switch-over again. Nothing was changed."
+        )
+
+
+def execute(p: Plan) -> str:
+    """Carry out a plan; the summary for the administrator. Raises :class:`Refused`."""
+    try:
+        rename_noreplace(p.path, p.aside)
+    except OSError as exc:
+        raise Refused(f"cannot move {p.path} aside to {p.aside}: {exc.strerror}") from None
+    try:
+        tree = scan(p.aside)  # again: something may have changed before the rename
+        if tree.problems:
+            raise Refused(f"{p.path} changed: " + "; ".join(tree.problems[:10]))
+        _refuse_if_used(tree, p.path)
+    except Refused:
+        _move_back(p)
+        raise
+    _make_mountpoint(p, tree.root_st)
+    _mount(p)
+    try:
+        old_dirs = {entry.rel: entry.st for entry in tree.dirs}
+        carried = [_carry(tree.root, entry, old_dirs, p.path) for entry in tree.data]
+    except OSError as exc:
+        raise Refused(
+            f"carrying the data into the new mount failed ({exc})" + _undo_mount(p)
+        ) from None
+    shutil.rmtree(p.aside)
+    files = ", ".join(carried) if carried else "none"
+    return (
+        f"{p.path} is now a lockfs mount ({p.options}). Carried over: {files}. "
+        f"Left behind: {len(tree.empty)} empty lock files, {len(tree.dirs)} directories."
+    )
+
+
+def _make_mountpoint(p: Plan, old: os.stat_result) -> None:
+    try:
+        os.mkdir(p.path, 0o700)
+    except OSError as exc:
+        _move_back(p)  # fails, and says so, if the path came back meanwhile
+        raise Refused(f"cannot create the new mountpoint {p.path}: {exc.strerror}") from None
+    try:
+        os.chown(p.path, old.st_uid, old.st_gid)
+        os.chmod(p.path, stat.S_IMODE(old.st_mode))
+    except OSError as exc:
+        os.rmdir(p.path)
+        _move_back(p)
+        raise Refused(f"cannot give {p.path} its owner and mode: {exc.strerror}") from None
+
+
+def _mount(p: Plan) -> None:
+    env = {**os.environ, "PATH": MOUNT_PATH + ":" + os.environ.get("PATH", "")}
+    cmd = ["mount", "-t", FSTYPE, "lockfs", p.path, "-o", p.options]
+    # From /: mount(8) turns a source that names an existing path (./lockfs) into that path.
+    result = subprocess.run(cmd, cwd="/", env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = result.stderr.strip() or f"exit status {result.returncode}"
+        message = f"mounting lockfs at {p.path} failed: {reason}"
+        if entries_at(p.path, resolve_path=False):
+            raise Refused(
+                f"{message}; something is mounted there now: the old directory is at {p.aside}"
+            )
+        try:
+            os.rmdir(p.path)
+        except OSError as exc:
+            raise Refused(
+                f"{message}; {p.path} cannot be removed ({exc.strerror}), so the old directory "
+                f"stays at {p.aside}"
+            ) from None
+        _move_back(p)
+        raise Refused(message + ". The old directory is back in place; nothing was changed.")
+
+
+def _carry(root: str, entry: Entry, old_dirs: dict[str, os.stat_result], mount: str) -> str:
+    """Copy one data file from the old tree at ``root`` into the mount, creating its
+    directories with their old owner and mode first; read it back to check the content."""
+    parts = entry.rel.split(os.sep)[:-1]
+    for depth in range(1, len(parts) + 1):
+        rel_dir = os.path.join(*parts[:depth])
+        target = os.path.join(mount, rel_dir)
+        try:
+            os.mkdir(target, 0o700)
+        except FileExistsError:
+            continue
+        st = old_dirs[rel_dir]
+        os.chown(target, st.st_uid, st.st_gid)
+        os.chmod(target, stat.S_IMODE(st.st_mode))
+    source = os.path.join(root, entry.rel)
+    target = os.path.join(mount, entry.rel)
+    with open(source, "rb") as src:
+        content = src.read()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchown(fd, entry.st.st_uid, entry.st.st_gid)
+        os.fchmod(fd, stat.S_IMODE(entry.st.st_mode))  # after chown, which may clear setgid
+    finally:
+        os.close(fd)
+    with open(target, "rb") as check:
+        if check.read() != content:
+            raise OSError(errno.EIO, f"{entry.rel} reads back differently")
+    return f"{entry.rel} ({len(content)} bytes)"
+
+
+def _move_back(p: Plan) -> None:
+    try:
+        rename_noreplace(p.aside, p.path)
+    except OSError as exc:
+        raise Refused(
+            f"{p.path} could not be restored ({exc.strerror}): the old directory is at "
+            f"{p.aside}; once nothing uses {p.path}, move it back with "
+            f"`mv -T {p.aside} {p.path}`"
+        ) from None
+
+
+def _undo_mount(p: Plan) -> str:
+    """After a failed copy: unmount (never lazily), restore the old directory; what is left."""
+    try:
+        umount(p.path)
+        os.rmdir(p.path)
+        _move_back(p)
+    except OSError as exc:
+        return (
+            f". The new mount could not be removed ({exc.strerror}); the old directory, "
+            f"complete, is at {p.aside}"
+        )
+    except Refused as exc:
+        return f". {exc}"
+    return ". The new mount was removed and the old directory is back; nothing was changed."
+
+
+def main(argv: Sequence[str]) -> int:
+    """``lockfs switch-over [DIR] [--options OPTIONS] [--check]``: replace the plain lock
+    directory DIR by a lockfs mount, keeping its data files."""
+    parser = argparse.ArgumentParser(
+        prog="lockfs switch-over",
+        description="Replace the plain lock directory DIR by a lockfs mount: refuse while any "
+        "process uses it (locks, open files, working directories), carry every non-empty file "
+        "(e.g. move-journal) over with owner, mode and content, leave empty lock files behind.",
+    )
+    parser.add_argument("dir", nargs="?", default=DEFAULT_DIR, help=f"default {DEFAULT_DIR}")
+    parser.add_argument(
+        "--options",
+        default="",
+        metavar="OPTIONS",
+        help="extra mount options (the root gets the old directory's owner and mode, and "
+        "nosuid,nodev,noexec)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only check and tell what would be carried"
+    )
+    args = parser.parse_args(argv)
+    path = resolve(args.dir)
+    try:
+        if os.geteuid() != 0:
+            raise Refused("must run as root (it mounts, and gives files their owners)")
+        planned = plan(path, args.options)
+        if planned is None:
+            print(f"{path} is a lockfs mount already: nothing to do")
+            return 0
+        if args.check:
+            data = ", ".join(e.rel for e in planned.tree.data) or "none"
+            print(
+                f"{path} can be switched over (mount options {planned.options}); it would "
+                f"carry over: {data}; leave behind {len(planned.tree.empty)} empty lock files"
+            )
+            return 0
+        print(execute(planned))
+    except Refused as exc:
+        print(f"lockfs switch-over: {exc}", file=sys.stderr)
+        return 1
+    return 0
