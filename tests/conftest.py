@@ -28,6 +28,8 @@ from lockfs.mounts import is_lockfs_mounted
 from lockfs.status import MountStatus
 
 REPO = Path(__file__).resolve().parent.parent
+#: Fixtures of the Debian package (used by the tests that install it).
+pytest_plugins = ["debian_package"]
 #: The interpreter that runs the daemon: LOCKFS_DAEMON_PYTHON=/usr/bin/python3 runs it on
 #: Debian's python3-pyfuse3/python3-trio instead of the test virtualenv.
 DAEMON_PYTHON = os.environ.get("LOCKFS_DAEMON_PYTHON", sys.executable)
