@@ -19,9 +19,11 @@ What it keeps, whatever happens:
 
 The steps: check; rename the old directory to ``.NAME.lockfs-switch-over`` beside it (same
 filesystem, so the inodes stay the same); check again; create a fresh, empty mountpoint with
-the old owner and mode; mount lockfs there through mount(8) (``mount -t fuse.lockfs``, as fstab
-and the systemd unit do, from ``/`` so that mount(8) keeps the source ``lockfs``); copy the data
-files in; remove the old tree.
+the old owner and mode; mount lockfs there: with ``systemctl start UNIT`` where systemd has a
+mount unit for the directory (the package's unit for PBS, or an fstab line), so that the daemon
+runs in the unit's control group with the unit's options, else with ``mount -t fuse.lockfs``
+(from ``/``, so that mount(8) keeps the source ``lockfs``) and the old directory's owner and
+mode; copy the data files in; remove the old tree.
 """
 
 from __future__ import annotations
@@ -38,14 +40,18 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .control import escape_path
 from .locks import read_proc_locks
 from .mounts import FSTYPE, entries_at, mount_table, resolve, umount
 from .options import MountOptions, OptionError, parse_options
 
 DEFAULT_DIR = "/run/proxmox-backup/locks"
 ASIDE_SUFFIX = ".lockfs-switch-over"
-#: mount(8) runs mount.fuse3, which finds `lockfs` on /bin/sh's default PATH.
+#: Where mount(8) and systemctl are, whatever the caller's PATH (mount(8) drops it anyway:
+#: mount.fuse3 finds `lockfs` on /bin/sh's default PATH).
 MOUNT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Exists while systemd runs the host (sd_booted(3)).
+SYSTEMD_RUNTIME = "/run/systemd/system"
 
 
 class Refused(Exception):
@@ -185,14 +191,36 @@ def rename_noreplace(old: str, new: str) -> None:
         raise OSError(code, os.strerror(code), new)
 
 
+def systemd_unit_for(path: str) -> str | None:
+    """The mount unit for ``path`` if systemd runs this host and has one (the package's
+    ``run-proxmox\\x2dbackup-locks.mount``, or an fstab line). Mounting through it puts the
+    daemon in the unit's control group, where systemd expects it, with the unit's options."""
+    if not os.path.isdir(SYSTEMD_RUNTIME):
+        return None
+    unit = escape_path(path) + ".mount"
+    try:
+        shown = subprocess.run(
+            ["systemctl", "show", "--property=LoadState", "--value", unit],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PATH": os.environ.get("PATH", "") + ":" + MOUNT_PATH},
+        )
+    except OSError:
+        return None
+    return unit if shown.returncode == 0 and shown.stdout.strip() == "loaded" else None
+
+
 @dataclass
 class Plan:
     """What a switch-over of one directory will do."""
 
     path: str
     aside: str
+    #: Mount options for mount(8), or a description of the unit's.
     options: str
     tree: Tree
+    #: The systemd mount unit that mounts ``path``, if any (else mount(8) does).
+    unit: str | None = None
 
 
 def plan(path: str, extra_options: str = "") -> Plan | None:
@@ -226,6 +254,12 @@ def plan(path: str, extra_options: str = "") -> Plan | None:
             f"{aside} exists, left by an earlier switch-over that failed: look at it, move "
             "what it holds back or remove it, then run again"
         )
+    unit = systemd_unit_for(path)
+    if unit is not None and extra_options:
+        raise Refused(
+            f"systemd mounts {path} with {unit}, whose Options= apply: change them there "
+            "(systemctl edit --full) instead of giving --options"
+        )
     options = (
         f"uid={st.st_uid},gid={st.st_gid},mode={stat.S_IMODE(st.st_mode):04o},nosuid,nodev,noexec"
         + (f",{extra_options}" if extra_options else "")
@@ -234,13 +268,15 @@ def plan(path: str, extra_options: str = "") -> Plan | None:
         limits = parse_options([options], MountOptions())
     except OptionError as exc:
         raise Refused(f"bad mount options: {exc}") from None
+    if unit is not None:
+        options = f"through {unit}"
     tree = scan(path)
     too_big = [e.rel for e in tree.data if e.st.st_size > limits.max_file_size]
     problems = tree.problems + [f"{rel} is larger than max_file_size" for rel in too_big]
     if problems:
         raise Refused(f"{path} holds entries lockfs cannot carry over: " + "; ".join(problems[:10]))
     _refuse_if_used(tree, path)
-    return Plan(path, aside, options, tree)
+    return Plan(path, aside, options, tree, unit)
 
 
 def _refuse_if_used(tree: Tree, shown_as: str) -> None:
@@ -302,14 +338,20 @@ def _make_mountpoint(p: Plan, old: os.stat_result) -> None:
 
 
 def _mount(p: Plan) -> None:
-    env = {**os.environ, "PATH": MOUNT_PATH + ":" + os.environ.get("PATH", "")}
-    cmd = ["mount", "-t", FSTYPE, "lockfs", p.path, "-o", p.options]
+    env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":" + MOUNT_PATH}
+    if p.unit is not None:
+        cmd = ["systemctl", "start", p.unit]
+    else:
+        cmd = ["mount", "-t", FSTYPE, "lockfs", p.path, "-o", p.options]
     # From /: mount(8) turns a source that names an existing path (./lockfs) into that path.
     result = subprocess.run(cmd, cwd="/", env=env, capture_output=True, text=True)
+    entries = entries_at(p.path, resolve_path=False)
+    if result.returncode == 0 and not (entries and entries[-1].fstype == FSTYPE):
+        result.returncode, result.stderr = 1, f"`{' '.join(cmd)}` mounted no lockfs there"
     if result.returncode != 0:
         reason = result.stderr.strip() or f"exit status {result.returncode}"
         message = f"mounting lockfs at {p.path} failed: {reason}"
-        if entries_at(p.path, resolve_path=False):
+        if entries:
             raise Refused(
                 f"{message}; something is mounted there now: the old directory is at {p.aside}"
             )

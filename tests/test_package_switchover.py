@@ -18,6 +18,8 @@ import pytest
 from conftest import Daemons
 from debian_package import COMMAND, Deb
 
+from lockfs import switchover
+from lockfs.control import escape_path
 from lockfs.mounts import FSTYPE, entries_at
 from lockfs.switchover import ASIDE_SUFFIX
 
@@ -189,3 +191,39 @@ def test_users_are_found_by_inode_after_a_rename(tmp_path: Path) -> None:
         assert found.stdout.strip().endswith("/aside/store1/vm-100")
     finally:
         os.close(fd)
+
+
+def test_switch_over_mounts_through_the_systemd_unit_where_there_is_one(
+    installed: Deb, daemons: Daemons, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where systemd runs and has a mount unit for the directory, ``systemctl start UNIT``
+    mounts it (the daemon then belongs to the unit). This machine runs no systemd: a stand-in
+    ``systemctl`` answers ``show`` and mounts for ``start`` with the unit's options."""
+    parent = daemons.mountpoint("pbs")
+    locks = plain_lock_dir(parent)
+    daemons.track(locks)
+    unit = escape_path(str(locks)) + ".mount"
+    runtime, bin_dir, log = tmp_path / "systemd", tmp_path / "bin", tmp_path / "systemctl.log"
+    runtime.mkdir()
+    bin_dir.mkdir()
+    stand_in = bin_dir / "systemctl"
+    stand_in.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {log}\n'
+        'case "$1" in\n'
+        "  show) echo loaded ;;\n"
+        f"  start) cd / && exec mount -t fuse.lockfs lockfs {locks} -o uid=0,gid=0,mode=0750 ;;\n"
+        "esac\n"
+    )
+    stand_in.chmod(0o755)
+    monkeypatch.setattr(switchover, "SYSTEMD_RUNTIME", str(runtime))
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    refused = switchover.main([str(locks), "--options", "debug"])
+    assert refused == 1 and not entries_at(locks)
+    assert switchover.main([str(locks)]) == 0
+    calls = log.read_text().splitlines()
+    assert calls[-2:] == [f"show --property=LoadState --value {unit}", f"start {unit}"]
+    st = os.stat(locks)
+    assert (st.st_ino, st.st_uid, stat.S_IMODE(st.st_mode)) == (1, 0, 0o750)  # the unit's
+    assert (locks / "store1" / "move-journal").read_bytes() == JOURNAL
+    daemons.end(locks, daemons.daemon_pid(locks), "umount")
