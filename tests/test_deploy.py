@@ -1,10 +1,10 @@
 """Deployment on a PBS host: the mount helper path, fstab, the systemd units, and lifecycle.
 
-These tests install lockfs the way an administrator does (``mount/setup``: /opt/lockfs/venv,
-``lockfs`` linked into /usr/local/bin and /usr/sbin) and then use only the system's tools:
-``mount -t fuse.lockfs`` (mount(8) -> /sbin/mount.fuse -> mount.fuse3 -> ``lockfs``),
-``mount -T FSTAB``, ``umount`` and ``systemd-analyze verify``. Mountpoints live in temporary
-directories and are unmounted in teardown (see the ``daemons`` fixture).
+These tests install lockfs the way an administrator does (``mount/setup``: the Debian package
+built from this checkout, installed with apt; ``lockfs`` in /usr/sbin) and then use only the
+system's tools: ``mount -t fuse.lockfs`` (mount(8) -> /sbin/mount.fuse -> mount.fuse3 ->
+``lockfs``), ``mount -T FSTAB``, ``umount`` and ``systemd-analyze verify``. Mountpoints live in
+temporary directories and are unmounted in teardown (see the ``daemons`` fixture).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Daemons, require_fuse
+from conftest import REPO, Daemons
+from debian_package import COMMAND, Deb
 
-from lockfs import __version__
 from lockfs.control import escape_path
 from lockfs.mounts import FSTYPE, entries_at, is_lockfs_mounted
 from lockfs.options import parse_options
@@ -30,9 +30,11 @@ DOCS = REPO / "docs" / "deploying.md"
 LOCKS = "/run/proxmox-backup/locks"
 MOUNT_UNIT = SYSTEMD / (escape_path(LOCKS) + ".mount")
 PBS_SERVICES = ("proxmox-backup.service", "proxmox-backup-proxy.service")
-INSTALLED = Path("/opt/lockfs/venv/bin/lockfs")
 FSTAB_GENERATOR = Path("/lib/systemd/system-generators/systemd-fstab-generator")
 BACKUP_ID = 34  # Debian's fixed uid/gid of `backup`
+#: Unit settings that start another unit along (or require it): what an installed package
+#: must not add to PBS's services before the administrator enables lockfs.
+PULLING = {"Requires", "Wants", "BindsTo", "Requisite", "Upholds", "RequiresMountsFor", "PartOf"}
 
 
 def read_unit(path: Path) -> dict[str, dict[str, str]]:
@@ -76,16 +78,6 @@ def assert_lockfs_serves(path: Path, uid: int, gid: int, mode: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def installed() -> Path:
-    """lockfs installed by the project's own set-up, as on a PBS host (idempotent)."""
-    require_fuse()
-    setup = subprocess.run([REPO / "mount" / "setup"], capture_output=True, text=True, timeout=1800)
-    assert setup.returncode == 0, f"mount/setup failed:\n{setup.stdout}\n{setup.stderr}"
-    assert INSTALLED.exists()
-    return INSTALLED
-
-
-@pytest.fixture(scope="session")
 def systemd_analyze(tmp_path_factory: pytest.TempPathFactory) -> str:
     """``systemd-analyze``, installed through ``mount/setup --dev --packages-only`` if needed;
     skips (with the reason) only where it cannot run at all."""
@@ -117,65 +109,55 @@ def verify(tool: str, *units: Path) -> subprocess.CompletedProcess[str]:
 # --- Installation: where mount(8) and mount.fuse3 find things --------------------------------
 
 
-def test_setup_puts_lockfs_where_mount_fuse3_finds_it(installed: Path) -> None:
+def test_setup_puts_lockfs_where_mount_fuse3_finds_it(installed: Deb) -> None:
     # mount(8) drops PATH; mount.fuse3's /bin/sh then searches its default PATH.
     found = subprocess.run(
         ["env", "-i", "/bin/sh", "-c", "command -v lockfs"], capture_output=True, text=True
     )
     assert found.returncode == 0, "lockfs is not on /bin/sh's default PATH"
-    assert Path(found.stdout.strip()).resolve() == installed.resolve()
-    for link in ("/usr/local/bin/lockfs", "/usr/sbin/lockfs"):
-        assert Path(link).resolve() == installed.resolve()
-    version = subprocess.run([installed, "--version"], capture_output=True, text=True)
-    assert version.stdout.strip() == f"lockfs {__version__}"
+    assert found.stdout.strip() == str(COMMAND)
+    # Nothing of an earlier /opt/lockfs install shadows it.
+    for shadow in ("/usr/local/sbin/lockfs", "/usr/local/bin/lockfs", "/opt/lockfs"):
+        assert not os.path.lexists(shadow), shadow
+    version = subprocess.run([COMMAND, "--version"], capture_output=True, text=True)
+    assert version.stdout.strip() == f"lockfs {installed.version}"
 
 
-def test_mount_falls_back_to_mount_fuse_without_a_lockfs_helper(installed: Path) -> None:
+def test_mount_falls_back_to_mount_fuse_without_a_lockfs_helper(installed: Deb) -> None:
     """mount(8) tries mount.fuse.lockfs, then mount.fuse: Debian's fuse3 provides the latter
     (a link to mount.fuse3), so the set-up adds no helper of its own."""
     assert not any(Path(d, "mount.fuse.lockfs").exists() for d in ("/sbin", "/usr/sbin"))
     assert Path("/sbin/mount.fuse").resolve().name == "mount.fuse3"
 
 
-def test_setup_is_idempotent(installed: Path) -> None:
+def test_setup_is_idempotent(installed: Deb) -> None:
     again = subprocess.run([REPO / "mount" / "setup"], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    assert "runs /sbin/mount.fuse" in again.stdout
+    assert f"lockfs {installed.version} is installed" in again.stdout
+    assert "runs /usr/sbin/mount.fuse3 -> /usr/sbin/lockfs" in again.stdout
 
 
-def test_setup_debian_uses_debians_pyfuse3_and_trio(
-    installed: Path, daemons: Daemons, tmp_path: Path
-) -> None:
-    """``mount/setup --debian``: a host without a compiler runs on python3-pyfuse3/-trio."""
-    prefix = tmp_path / "prefix"
-    env = {**os.environ, "LOCKFS_PREFIX": str(prefix), "LOCKFS_NO_LINKS": "1"}
-    setup = subprocess.run(
-        [REPO / "mount" / "setup", "--debian"], capture_output=True, text=True, env=env, timeout=900
-    )
-    assert setup.returncode == 0, setup.stderr
-    python = prefix / "venv" / "bin" / "python"
+def test_the_package_runs_on_debians_pyfuse3_and_trio(installed: Deb) -> None:
+    """A host without a compiler: the packaged command on Debian's own python3-pyfuse3 and
+    python3-trio, whatever newer versions a virtualenv elsewhere may have."""
     probe = "import pyfuse3, trio; print(pyfuse3.__file__); print(trio.__version__)"
     where, trio_version = subprocess.run(
-        [python, "-c", probe], capture_output=True, text=True, check=True
+        ["/usr/bin/python3", "-c", probe], capture_output=True, text=True, check=True, cwd="/"
     ).stdout.split()
     assert where.startswith("/usr/lib/python3/dist-packages/")
-    assert trio_version == "0.22.0"  # Debian 12's python3-trio
-    path = daemons.mountpoint()
-    result = daemons.run(prefix / "venv" / "bin" / "lockfs", path)
-    assert result.returncode == 0, result.stderr
-    pid = daemons.daemon_pid(path)
-    locker = daemons.helper("pbs", path / "store1" / "vm-100", "--release")
-    assert locker.wait(timeout=10) == 0
-    assert daemons.run("umount", path).returncode == 0
-    assert daemons.wait_exit(pid) == 0
-    assert os.readlink("/usr/local/bin/lockfs") == str(installed)  # the system install stays
+    debian = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "python3-trio"], capture_output=True, text=True
+    )
+    assert debian.stdout.startswith(trio_version), (trio_version, debian.stdout)
+    shebang = COMMAND.read_text().splitlines()[0]
+    assert shebang == "#!/usr/bin/python3"
 
 
 # --- mount -t fuse.lockfs --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("end", ["umount", "fusermount3", "SIGTERM"])
-def test_mount_t_fuse_lockfs(installed: Path, daemons: Daemons, end: str) -> None:
+def test_mount_t_fuse_lockfs(installed: Deb, daemons: Daemons, end: str) -> None:
     path = daemons.mountpoint()
     options = "uid=backup,gid=backup,mode=0750,nosuid,nodev,noexec,nofail,_netdev,x-foo=1"
     result = daemons.run("mount", "-t", "fuse.lockfs", "lockfs", path, "-o", options)
@@ -186,7 +168,7 @@ def test_mount_t_fuse_lockfs(installed: Path, daemons: Daemons, end: str) -> Non
     assert entries_at(path)[-1].source == "lockfs"
     pid = daemons.daemon_pid(path)
     with open(f"/proc/{pid}/cmdline") as cmdline:  # the installed copy, not this checkout
-        assert str(installed.parent) in cmdline.read()
+        assert cmdline.read().split("\0")[:2] == ["/usr/bin/python3", str(COMMAND)]
     (path / "store1").mkdir()
     locker = daemons.helper("pbs", path / "store1" / "vm-100", "--release")
     assert locker.wait(timeout=10) == 0
@@ -194,23 +176,31 @@ def test_mount_t_fuse_lockfs(installed: Path, daemons: Daemons, end: str) -> Non
     assert entries_at(path) == [] and os.listdir(path) == []
 
 
-def test_readme_mount_command(installed: Path, daemons: Daemons) -> None:
-    """The README's first command: set-up, then a mount through mount(8), idempotent."""
+def test_readme_mount_command(installed: Deb, daemons: Daemons) -> None:
+    """The README's first command, run from the repository root as the README says: it
+    installs the package (set up already: idempotent), then mounts through mount(8). The
+    checkout's ``lockfs/`` directory must not turn the source into a path."""
     path = daemons.mountpoint()
     command = REPO / "mount" / "lockfs-mount"
-    result = daemons.run(command, path, "-o", "mode=0750")
+    result = daemons.run(command, path, "-o", "mode=0750", cwd=REPO)
     assert result.returncode == 0, result.stderr
+    assert f"lockfs {installed.version} mounted at {path}" in result.stdout
     assert_lockfs_serves(path, BACKUP_ID, BACKUP_ID, 0o750)
     assert {"nosuid", "nodev", "noexec"} <= mount_options(path)
+    assert entries_at(path)[-1].source == "lockfs"
+    findmnt = daemons.run("findmnt", "-n", "-o", "SOURCE,FSTYPE", path, cwd=REPO)
+    assert findmnt.stdout.split() == ["lockfs", FSTYPE]
     pid = daemons.daemon_pid(path)
-    again = daemons.run(command, path)
+    with open(f"/proc/{pid}/cmdline") as cmdline:
+        assert cmdline.read().split("\0")[1] == str(COMMAND)
+    again = daemons.run(command, path, cwd=REPO)
     assert again.returncode == 0 and "already mounted" in again.stdout
     assert [e.fstype for e in entries_at(path)] == [FSTYPE]
     assert daemons.run("umount", path).returncode == 0
     assert daemons.wait_exit(pid) == 0
 
 
-def test_fstab_line_from_the_docs(installed: Path, daemons: Daemons) -> None:
+def test_fstab_line_from_the_docs(installed: Deb, daemons: Daemons) -> None:
     path = daemons.mountpoint("locks")
     line = docs_fstab_line().replace(f" {LOCKS} ", f" {path} ", 1)
     fstab = daemons.tmp_path / "fstab"
@@ -227,7 +217,7 @@ def test_fstab_line_from_the_docs(installed: Path, daemons: Daemons) -> None:
     assert daemons.wait_exit(pid) == 0
 
 
-def test_mount_unit_the_way_systemd_mounts_it(installed: Path, daemons: Daemons) -> None:
+def test_mount_unit_the_way_systemd_mounts_it(installed: Deb, daemons: Daemons) -> None:
     """systemd runs ``mount WHAT WHERE -t TYPE -o OPTIONS`` and ``umount WHERE -c``."""
     section = read_unit(MOUNT_UNIT)["Mount"]
     run_dir = daemons.mountpoint("pbs")
@@ -264,7 +254,7 @@ def test_mount_unit_the_way_systemd_mounts_it(installed: Path, daemons: Daemons)
     ids=["missing", "not-empty", "mounted", "dead", "bad-option", "auto_unmount", "no-user"],
 )
 def test_mount_failures(
-    installed: Path, daemons: Daemons, make: object, options: str, message: str
+    installed: Deb, daemons: Daemons, make: object, options: str, message: str
 ) -> None:
     path = make(daemons)  # type: ignore[operator]
     before = entries_at(path)
@@ -274,7 +264,7 @@ def test_mount_failures(
     assert entries_at(path) == before
 
 
-def test_drop_privileges_is_refused(installed: Path, daemons: Daemons) -> None:
+def test_drop_privileges_is_refused(installed: Deb, daemons: Daemons) -> None:
     """mount.fuse3 mounts by itself for drop_privileges; lockfs refuses the descriptor, and
     the unchecked mount mount.fuse3 made is dead: plain umount removes it."""
     path = daemons.mountpoint()
@@ -292,7 +282,7 @@ def test_drop_privileges_is_refused(installed: Path, daemons: Daemons) -> None:
 # --- Lifecycle through the helper ------------------------------------------------------------
 
 
-def test_stop_is_refused_while_a_lock_is_held(installed: Path, daemons: Daemons) -> None:
+def test_stop_is_refused_while_a_lock_is_held(installed: Deb, daemons: Daemons) -> None:
     path = daemons.mountpoint()
     assert daemons.run("mount", "-t", "fuse.lockfs", "lockfs", path).returncode == 0
     pid = daemons.daemon_pid(path)
@@ -311,7 +301,7 @@ def test_stop_is_refused_while_a_lock_is_held(installed: Path, daemons: Daemons)
 
 
 def test_crash_leaves_enotconn_and_the_documented_recovery_works(
-    installed: Path, daemons: Daemons
+    installed: Deb, daemons: Daemons
 ) -> None:
     path = daemons.mountpoint()
     assert daemons.run("mount", "-t", "fuse.lockfs", "lockfs", path).returncode == 0
@@ -365,10 +355,13 @@ def test_the_mount_unit_matches_its_path_and_orders_pbs() -> None:
     opts = parse_options([unit["Mount"]["Options"]])
     assert (opts.uid, opts.gid, opts.mode) == (BACKUP_ID, BACKUP_ID, 0o755)
     assert {"nosuid", "nodev", "noexec"} <= set(opts.kernel_flags)
-    # Each PBS service gets a drop-in that requires the mount.
+    # `systemctl enable` makes the PBS services require the mount (and nothing else).
+    assert unit["Install"] == {"RequiredBy": " ".join(PBS_SERVICES)}
+    assert not PULLING & set(unit["Unit"])
+    # The drop-ins the package installs only order: installing enables nothing.
     for service in PBS_SERVICES:
         drop_in = read_unit(SYSTEMD / f"{service}.d" / "lockfs.conf")
-        assert drop_in["Unit"]["RequiresMountsFor"] == LOCKS
+        assert drop_in == {"Unit": {"After": MOUNT_UNIT.name}}
 
 
 def test_systemd_analyze_verify_every_unit(systemd_analyze: str) -> None:
