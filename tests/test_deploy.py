@@ -425,3 +425,8 @@ def test_docs_section_and_files() -> None:
         assert f"systemd/{name}" in text, name
     assert "systemctl restart 'run-proxmox\\x2dbackup-locks.mount'" in text
     assert "umount -l" in text and "ENOTCONN" in text
+    # The switch-over never deletes the old directory blindly (it held move-journal).
+    for doc in (text, (REPO / "README.md").read_text()):
+        assert "lockfs switch-over /run/proxmox-backup/locks" in doc
+        assert "rm -rf /run/proxmox-backup/locks" not in doc
+    assert "](docs/deploying.md)" not in text  # no link to itself
