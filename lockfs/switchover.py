@@ -32,6 +32,7 @@ import argparse
 import ctypes
 import ctypes.util
 import errno
+import inspect
 import os
 import shutil
 import stat
@@ -427,24 +428,27 @@ def _undo_mount(p: Plan) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``lockfs switch-over [DIR] [--options OPTIONS] [--check]``: replace the plain lock
-    directory DIR by a lockfs mount, keeping its data files."""
+    """Replace the plain lock directory DIR by a lockfs mount, keeping its data files.
+
+    Refuses, changing nothing, while any process holds or awaits a lock on, has open, or works
+    in anything in DIR, and when DIR is a mountpoint. Otherwise moves DIR aside, checks again,
+    mounts lockfs in its place (systemctl start of its mount unit where systemd has one, else
+    mount -t fuse.lockfs with DIR's owner and mode), copies every non-empty file (such as
+    PBS's move-journal) in with its owner, mode and content, and removes the old tree with its
+    stale, empty lock files. A DIR that is a lockfs mount already is left alone. Root only.
+    """
     parser = argparse.ArgumentParser(
-        prog="lockfs switch-over",
-        description="Replace the plain lock directory DIR by a lockfs mount: refuse while any "
-        "process uses it (locks, open files, working directories), carry every non-empty file "
-        "(e.g. move-journal) over with owner, mode and content, leave empty lock files behind.",
+        prog="lockfs switch-over", description=inspect.cleandoc(main.__doc__ or "")
     )
     parser.add_argument("dir", nargs="?", default=DEFAULT_DIR, help=f"default {DEFAULT_DIR}")
     parser.add_argument(
         "--options",
         default="",
         metavar="OPTIONS",
-        help="extra mount options (the root gets the old directory's owner and mode, and "
-        "nosuid,nodev,noexec)",
+        help="more mount options for mount -t fuse.lockfs (not with a systemd unit)",
     )
     parser.add_argument(
-        "--check", action="store_true", help="only check and tell what would be carried"
+        "--check", action="store_true", help="only check, and tell what would be carried over"
     )
     args = parser.parse_args(argv)
     path = resolve(args.dir)

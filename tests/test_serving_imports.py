@@ -59,7 +59,7 @@ def test_the_daemon_imports_nothing_after_start_up(daemons: Daemons, tmp_path: P
         "PYTHONPATH": str(copy),
         "PYTHONDONTWRITEBYTECODE": "1",
         "LOCKFS_IMPORT_LOG": str(log),
-        "LOCKFS_FAULT_INJECTION": "1",
+        "LOCKFS_TEST_HOOKS": "fault-entry",
     }
     watched = [DAEMON_PYTHON, HELPERS / "import_watch.py", path, "-o", options]
     started = daemons.run(*watched, env=env)
