@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Daemons, require_fuse
+from support import REPO, Daemons, require_fuse
 
 from lockfs import __version__
 from lockfs.control import escape_path

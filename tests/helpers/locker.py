@@ -31,8 +31,9 @@ import os
 import struct
 import sys
 
-# The checkout's lockfs package, whatever interpreter or working directory runs this program.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+if not __package__:  # run as a program (or imported by race.py, a program too)
+    # The checkout's lockfs, whatever interpreter or working directory runs this program.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from lockfs.pbs_lock import (
     LockBusy,
@@ -43,7 +44,7 @@ from lockfs.pbs_lock import (
     open_file_locked,
 )
 
-#: Exit statuses (the tests read them from tests/support).
+#: Exit statuses; the tests import them (tests/support) from here.
 EXIT_BUSY = 3
 EXIT_MODIFIED = 4
 
