@@ -5,6 +5,9 @@ Every mount is a real lockfs daemon, driven from real processes, stopped and unm
 teardown even when the test fails, and then checked: it must have run clean (support.
 daemon_check; opt-outs: the ``injects_faults`` and ``kills_daemon`` markers). Tests that need
 FUSE fail (never skip) when /dev/fuse or root is missing.
+
+The test layers (``-m "not fuse"``: the unit layer alone) are markers set here at collection;
+what they mean and which tests get them: support.layers.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ from support import (
     fail_on,
     require_fuse,
 )
+from support.layers import layer_markers
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the test layers (support.layers), before ``-m`` selects by them."""
+    for item in items:
+        for name in layer_markers(item.path, getattr(item, "fixturenames", ())):
+            item.add_marker(getattr(pytest.mark, name))
 
 
 @pytest.fixture

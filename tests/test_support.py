@@ -1,5 +1,5 @@
-"""The tests' own support code (tests/support): waiting, fake clocks, and the teardown check
-that every daemon ran clean."""
+"""The tests' own support code (tests/support): waiting, fake clocks, the test layers, and the
+teardown check that every daemon ran clean."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from support import (
     wait_for,
 )
 from support.daemon_check import LOG_TAIL_LINES, describe_exit, log_records
+from support.layers import layer_markers
 
 from lockfs.mounts import FSTYPE, mount_table
 
@@ -73,7 +74,27 @@ def test_fake_wall_clock_ticks_on_every_reading() -> None:
         FakeWallClock(tick_ns=0)
 
 
-# --- Layout ---------------------------------------------------------------------------------
+# --- Layers ----------------------------------------------------------------------------------
+
+
+def test_layer_markers() -> None:
+    assert layer_markers(Path("tests/test_nodes.py"), ["table", "clock"]) == []
+    assert layer_markers(Path("tests/test_locks.py"), ["mnt", "make_mount", "fuse_required"]) == [
+        "fuse"
+    ]
+    for name in ("test_deploy.py", "test_package.py", "test_package_switchover.py"):
+        assert layer_markers(Path("tests") / name, []) == ["deploy", "fuse"]
+
+
+def test_the_unit_layer_selects_no_mounting_test() -> None:
+    """``-m "not fuse"`` in a real collection: the unit tests stay, the tests that mount
+    (through any mounting fixture) and the deployment tests go."""
+    files = ["test_status.py", "test_locks.py", "test_cli.py", "test_bench.py", "test_deploy.py"]
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q"]
+    cmd += ["-m", "not fuse", *(f"tests/{name}" for name in files)]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120).stdout
+    selected = {line.split("::")[0] for line in out.splitlines() if "::" in line}
+    assert selected == {"tests/test_status.py"}, out
 
 
 def test_no_test_imports_conftest() -> None:

@@ -20,6 +20,8 @@ Mounts (support.mounts)
 The teardown check (support.daemon_check)
     :class:`Expectations` (from the ``injects_faults`` and ``kills_daemon`` markers),
     :func:`log_problems`, :func:`report`, :func:`fail_on`
+The test layers (support.layers)
+    ``fuse`` and ``deploy`` markers: :func:`~support.layers.layer_markers`
 """
 
 from __future__ import annotations
