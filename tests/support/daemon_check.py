@@ -15,7 +15,8 @@ The opt-outs are markers, for what a test does on purpose, and allow only that:
     the test injects faults (``LOCKFS_TEST_HOOKS=fault-entry``): faults may be counted, and
     the log may hold the injected ones (a traceback ending in "injected fault"), no others;
 ``@pytest.mark.kills_daemon``
-    the test kills a daemon: its exit status need not be 0.
+    the test kills a daemon, or makes it fail or hang: its exit status need not be 0, and one
+    that does not answer or exit when stopped is killed without failing the test.
 
 The fixtures stop and unmount everything first and check afterwards, so a failed check never
 leaves a mount behind; the failure names each problem and shows the daemon log's tail.
@@ -33,7 +34,7 @@ import pytest
 LOG_TAIL_LINES = 40
 
 #: The first line of a log record (lockfs's format on stderr).
-_RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} lockfs\[\d+\] [A-Z]+: ")
+_RECORD_START = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\S* lockfs\[\d+\] [A-Z]+: ")
 #: What a clean daemon never logs.
 _BAD_SIGNS = ("Traceback (most recent call last)", "internal error", "Exception ignored in")
 #: The last line of the traceback of a fault injected by ``fault-entry``.
@@ -46,7 +47,7 @@ class Expectations:
 
     #: ``injects_faults``: faults, and the injected faults' log records, are fine.
     faults: bool = False
-    #: ``kills_daemon``: a non-zero exit status is fine.
+    #: ``kills_daemon``: a non-zero exit status, or a daemon unresponsive when stopped, is fine.
     killed: bool = False
 
     @classmethod

@@ -74,8 +74,10 @@ class Mount(Processes):
         super().__init__()
         self.path = Path(os.path.realpath(path))
         self.log = log
-        #: Problems seen while stopping (the teardown check reports them).
+        #: Problems seen while stopping (the teardown check reports them), and those it
+        #: excuses in a test that kills or breaks its daemon on purpose (``kills_daemon``).
         self.notes: list[str] = []
+        self.unresponsive: list[str] = []
         #: ``faults`` in the daemon's status just before it was stopped (None: not read).
         self.faults_at_stop: int | None = None
         #: Our mount, told apart from any mounted later at the same place (once it serves).
@@ -148,7 +150,7 @@ class Mount(Processes):
             self.faults_at_stop = query_status(str(self.path), timeout=5).faults
         except ControlError as exc:
             if self.proc.poll() is None:
-                self.notes.append(f"its status could not be read before stopping: {exc}")
+                self.unresponsive.append(f"its status could not be read before stopping: {exc}")
 
     def _terminate(self) -> None:
         # The daemon unmounts on SIGTERM once nothing is open on the mount.
@@ -156,7 +158,7 @@ class Mount(Processes):
         try:
             self.proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            self.notes.append(f"it did not exit within {STOP_TIMEOUT:g}s of SIGTERM: killed")
+            self.unresponsive.append(f"it did not exit within {STOP_TIMEOUT:g}s of SIGTERM: killed")
             self.proc.kill()
             self.proc.wait()
 
@@ -182,8 +184,10 @@ class Mount(Processes):
         code = self.proc.returncode
         if code is None:
             found.append("it was never stopped")
-        elif code != 0 and not expect.killed:
-            found.append(describe_exit(code))
+        elif not expect.killed:
+            found += self.unresponsive
+            if code != 0:
+                found.append(describe_exit(code))
         if self.faults_at_stop and not expect.faults:
             found.append(f"it counted {self.faults_at_stop} fault(s): requests answered EIO")
         log = self.log_text()
@@ -281,8 +285,10 @@ class Daemons(Processes):
         self.tmp_path = tmp_path
         self.paths: list[Path] = []
         self.pids: set[int] = set()
-        #: Problems seen in cleanup, exit codes of the daemons it reaped, faults it read.
+        #: Problems seen in cleanup (and those excused by ``kills_daemon``), exit codes of the
+        #: daemons it reaped, faults it read.
         self.notes: list[str] = []
+        self.unresponsive: list[str] = []
         self.exit_codes: dict[int, int] = {}
         self.faults: dict[str, int] = {}
         _set_subreaper(True)
@@ -411,7 +417,7 @@ class Daemons(Processes):
                     self.exit_codes[pid] = os.waitstatus_to_exitcode(status)
                     return
                 if time.monotonic() > deadline:
-                    self.notes.append(f"daemon {pid} did not exit once unmounted: killed")
+                    self.unresponsive.append(f"daemon {pid} did not exit once unmounted: killed")
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
                     return
@@ -422,6 +428,7 @@ class Daemons(Processes):
         it reaped ran clean (see support.daemon_check)."""
         found = list(self.notes)
         if not expect.killed:
+            found += self.unresponsive
             found += [
                 f"daemon {pid}: {describe_exit(code)}"
                 for pid, code in self.exit_codes.items()
