@@ -123,6 +123,16 @@ def flock_with_timeout(fd: int, *, exclusive: bool = True, timeout: float = 0.0)
         signal.signal(signal.SIGALRM, old)
 
 
+def locked_or_closed(fd: int, *, exclusive: bool = True, timeout: float = 0.0) -> int:
+    """:func:`flock_with_timeout` on ``fd``, and ``fd``; closed if it could not be locked."""
+    try:
+        flock_with_timeout(fd, exclusive=exclusive, timeout=timeout)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _create(path: str, owner: tuple[int, int]) -> int | None:
     """Create the lock file by renaming a finished temporary file onto ``path``; its fd, or
     None when another process created ``path`` first."""
@@ -163,12 +173,7 @@ def open_file_locked(
             if created is None:
                 continue  # another process won the race: use its file
             fd = created
-        try:
-            flock_with_timeout(fd, exclusive=exclusive, timeout=timeout)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return locked_or_closed(fd, exclusive=exclusive, timeout=timeout)
 
 
 def lock_helper(

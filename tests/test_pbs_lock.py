@@ -91,8 +91,10 @@ def test_timeout_0_is_busy_at_once_and_a_timeout_waits(tmp_path: Path) -> None:
     path = str(tmp_path / "vm-100")
     holder = open_file_locked(path, OWNER)  # flock locks belong to the open file description
     try:
+        fds = len(os.listdir("/proc/self/fd"))
         with pytest.raises(LockBusy):
             open_file_locked(path, OWNER)
+        assert len(os.listdir("/proc/self/fd")) == fds  # a lock not taken leaves no fd open
         start = time.monotonic()
         with pytest.raises(LockBusy):
             open_file_locked(path, OWNER, timeout=0.2)

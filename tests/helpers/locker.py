@@ -39,8 +39,8 @@ from lockfs.pbs_lock import (
     LockBusy,
     LockFileModified,
     chunk_path,
-    flock_with_timeout,
     lock_helper,
+    locked_or_closed,
     open_file_locked,
 )
 
@@ -64,12 +64,7 @@ def guard_lock(path: str, owner: tuple[int, int], *, exclusive: bool, timeout: f
 def plain_lock(path: str, *, exclusive: bool, timeout: float) -> int:
     """``open(O_RDWR|O_CREAT)`` + ``flock``."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        flock_with_timeout(fd, exclusive=exclusive, timeout=timeout)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return locked_or_closed(fd, exclusive=exclusive, timeout=timeout)
 
 
 def record_lock(path: str, *, exclusive: bool, timeout: float, ofd: bool) -> int:

@@ -10,21 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from helpers.locker import EXIT_BUSY, EXIT_MODIFIED
-
-__all__ = [
-    "DAEMON_PYTHON",
-    "EXIT_BUSY",
-    "EXIT_MODIFIED",
-    "HELPERS",
-    "REPO",
-    "Processes",
-    "daemon_env",
-    "lockfs_command",
-    "release",
-    "run_lockfs",
-    "waiters",
-]
+# The locker's exit statuses, re-exported: defined once, in the locker.
+from helpers.locker import EXIT_BUSY as EXIT_BUSY
+from helpers.locker import EXIT_MODIFIED as EXIT_MODIFIED
 
 REPO = Path(__file__).resolve().parents[2]
 HELPERS = REPO / "tests" / "helpers"
