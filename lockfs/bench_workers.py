@@ -7,7 +7,7 @@ inside the timed part, so that the same loop measures tmpfs and lockfs:
 * **cold**: Proxmox Backup Server's chunk lock on a fresh path each time
   (``create_dir_all`` of the parent, ``open`` without O_CREAT, ``mkostemp``, ``fchmod 0660``,
   ``fchown``, ``renameat2(RENAME_NOREPLACE)``, ``flock(LOCK_EX|LOCK_NB)``, the double-stat
-  check, ``close``), as described in the PBS lock protocol notes;
+  check, ``close``): lockfs.pbs_lock, the implementation the tests' lock-taking program uses;
 * **hold**: take many locks and keep them until told to let go.
 
 Workers talk to the bench over a :mod:`multiprocessing` pipe: ``("ready", info)`` once set up,
@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import fcntl
-import hashlib
 import os
 import resource
 import signal
@@ -30,65 +28,20 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from typing import Any
 
-AT_FDCWD = -100
-RENAME_NOREPLACE = 1
+from .pbs_lock import chunk_path, lock_helper
+from .pbs_lock import create_dir_all as create_dir_all  # bench.py prepares its hot path with it
+
 PR_SET_PDEATHSIG = 1
 #: Held lock files per directory in the held section.
 HELD_PER_DIR = 1000
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.renameat2.argtypes = [
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_uint,
-]
-_libc.mkostemp.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
-
-
-def _raise_errno(what: str | bytes) -> None:
-    code = ctypes.get_errno()
-    raise OSError(code, os.strerror(code), what)
-
-
-def chunk_path(root: str, index: int) -> str:
-    """The chunk lock path of chunk number ``index``: ``<root>/.chunks/<4 hex>/<64 hex>``.
-
-    The digest is the SHA-256 of the index, so paths spread over the 65,536 prefix
-    directories like real chunk digests, and the same index gives the same path everywhere.
-    """
-    digest = hashlib.sha256(index.to_bytes(8, "little")).hexdigest()
-    return f"{root}/.chunks/{digest[:4]}/{digest}"
 
 
 def held_path(root: str, index: int) -> str:
     """The path of held lock number ``index`` (1,000 per directory)."""
     return f"{root}/held/{index // HELD_PER_DIR:04d}/{index}.lck"
-
-
-def create_dir_all(path: str) -> None:
-    """Rust's ``std::fs::create_dir_all``, as PBS calls it before every lock.
-
-    ``mkdir`` first; an existing directory is fine (checked with ``stat``), a missing parent
-    is created recursively and the ``mkdir`` repeated.
-    """
-    try:
-        os.mkdir(path, 0o777)
-        return
-    except FileNotFoundError:
-        pass
-    except OSError:
-        if os.path.isdir(path):
-            return
-        raise
-    create_dir_all(os.path.dirname(path))
-    try:
-        os.mkdir(path, 0o777)
-    except OSError:
-        if not os.path.isdir(path):
-            raise
 
 
 def hot_cycle(path: str) -> None:
@@ -98,48 +51,9 @@ def hot_cycle(path: str) -> None:
     os.close(fd)
 
 
-def pbs_open_locked(path: str, owner: tuple[int, int]) -> int:
-    """PBS's ``open_backup_lockfile`` with timeout 0: returns the locked fd."""
-    create_dir_all(os.path.dirname(path))
-    encoded = os.fsencode(path)
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_APPEND)
-        except FileNotFoundError:
-            template = ctypes.create_string_buffer(encoded + b".tmp_XXXXXX")
-            fd = _libc.mkostemp(template, os.O_CLOEXEC)
-            if fd < 0:
-                _raise_errno(template.value)
-            tmp = template.value
-            os.fchmod(fd, 0o660)
-            os.fchown(fd, *owner)
-            if _libc.renameat2(AT_FDCWD, tmp, AT_FDCWD, encoded, RENAME_NOREPLACE) != 0:
-                code = ctypes.get_errno()
-                if code == errno.EEXIST:  # another process won the race: use its file
-                    os.unlink(tmp)
-                    os.close(fd)
-                    continue
-                if code != errno.EINVAL:
-                    os.close(fd)
-                    raise OSError(code, os.strerror(code), path) from None
-                os.link(tmp, path)
-                os.unlink(tmp)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-
 def cold_cycle(path: str, owner: tuple[int, int]) -> None:
     """One cold lock cycle: PBS's full sequence, the double-stat check, then ``close``."""
-    fd = pbs_open_locked(path, owner)
-    try:
-        if os.fstat(fd).st_ino != os.stat(path).st_ino:
-            raise RuntimeError(f"double-stat check failed on {path}")
-    finally:
-        os.close(fd)
+    os.close(lock_helper(path, owner))
 
 
 def _child_setup() -> None:

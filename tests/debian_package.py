@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, require_fuse
+from support import REPO, require_fuse
 
 from lockfs import __version__
 

@@ -11,13 +11,12 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Daemons, Mount, daemon_env
+from support import Daemons, Mount, run_lockfs
 
 from lockfs.control import socket_path
 
@@ -25,9 +24,18 @@ COMMANDS = ("status", "locks", "metrics")
 TIMEOUT = "0.5"
 
 
-def lockfs(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "lockfs", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=daemon_env(), timeout=60)
+@contextlib.contextmanager
+def daemon_socket_aside(mnt: Mount) -> Iterator[str]:
+    """Move the daemon's control socket out of the way (its path is free for the test) and
+    put it back afterwards, so that the teardown check can still read the daemon's status."""
+    path = socket_path(str(mnt.path))
+    os.rename(path, path + ".aside")
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.rename(path + ".aside", path)
 
 
 class FakeDaemonSocket:
@@ -88,20 +96,19 @@ def sender(data: bytes) -> Callable[[socket.socket, threading.Event], None]:
 
 @pytest.fixture
 def fake_socket(mnt: Mount) -> Iterator[Callable[..., FakeDaemonSocket]]:
-    """Replace ``mnt``'s control socket with a fake (the daemon keeps serving the mount, and
-    at its exit leaves alone a socket that is not its own)."""
+    """Replace ``mnt``'s control socket with a fake (the daemon keeps serving the mount; its
+    own socket is put back afterwards)."""
     fakes: list[FakeDaemonSocket] = []
-    path = socket_path(str(mnt.path))
 
     def install(behave: Callable[[socket.socket, threading.Event], None]) -> FakeDaemonSocket:
-        os.unlink(path)
         fake = FakeDaemonSocket(path, behave)
         fakes.append(fake)
         return fake
 
-    yield install
-    for fake in fakes:
-        fake.stop()
+    with daemon_socket_aside(mnt) as path:
+        yield install
+        for fake in fakes:
+            fake.stop()
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int, message: str) -> None:
@@ -132,7 +139,7 @@ def test_no_proper_answer_is_exit_status_3(
 ) -> None:
     fake_socket(behave)
     for command in COMMANDS:
-        result = lockfs(command, mnt, "--timeout", TIMEOUT)
+        result = run_lockfs(command, mnt, "--timeout", TIMEOUT)
         assert_clean_failure(result, 3, message)
 
 
@@ -141,9 +148,9 @@ def test_a_bad_status_or_node_list_is_exit_status_3(
 ) -> None:
     fake_socket(sender(b'{"ok": true, "result": [1, 2]}\n'))
     for command in ("status", "metrics"):
-        result = lockfs(command, mnt, "--timeout", TIMEOUT)
+        result = run_lockfs(command, mnt, "--timeout", TIMEOUT)
         assert_clean_failure(result, 3, "sent a bad status: a status must be a JSON object")
-    assert_clean_failure(lockfs("locks", mnt, "--timeout", TIMEOUT), 3, "sent bad node info")
+    assert_clean_failure(run_lockfs("locks", mnt, "--timeout", TIMEOUT), 3, "sent bad node info")
 
 
 def test_a_refused_command_is_exit_status_1(
@@ -151,33 +158,29 @@ def test_a_refused_command_is_exit_status_1(
 ) -> None:
     fake_socket(sender(b'{"ok": false, "error": "unknown command"}\n'))
     for command in COMMANDS:
-        result = lockfs(command, mnt, "--timeout", TIMEOUT)
+        result = run_lockfs(command, mnt, "--timeout", TIMEOUT)
         assert_clean_failure(result, 1, "refused: unknown command")
 
 
 def test_missing_or_refusing_socket_is_exit_status_1(mnt: Mount) -> None:
-    path = socket_path(str(mnt.path))
-    os.unlink(path)
-    for command in COMMANDS:
-        result = lockfs(command, mnt, "--timeout", TIMEOUT)
-        assert_clean_failure(result, 1, f"no lockfs daemon answers for {mnt.path}")
-        assert "No such file or directory" in result.stderr
-    # A socket file nobody listens on: connect is refused.
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:
-        bound.bind(path)
-        try:
+    with daemon_socket_aside(mnt) as path:
+        for command in COMMANDS:
+            result = run_lockfs(command, mnt, "--timeout", TIMEOUT)
+            assert_clean_failure(result, 1, f"no lockfs daemon answers for {mnt.path}")
+            assert "No such file or directory" in result.stderr
+        # A socket file nobody listens on: connect is refused.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:
+            bound.bind(path)
             for command in COMMANDS:
-                result = lockfs(command, mnt, "--timeout", TIMEOUT)
+                result = run_lockfs(command, mnt, "--timeout", TIMEOUT)
                 assert_clean_failure(result, 1, "Connection refused")
-        finally:
-            os.unlink(path)
 
 
 def test_a_dead_mount_and_a_plain_directory(daemons: Daemons, tmp_path: Path) -> None:
     dead = daemons.dead_mountpoint()
     for command in COMMANDS:
-        result = lockfs(command, dead, "--timeout", TIMEOUT)
+        result = run_lockfs(command, dead, "--timeout", TIMEOUT)
         assert_clean_failure(result, 1, "the mount answers ENOTCONN until an administrator")
     for command in COMMANDS:
-        result = lockfs(command, tmp_path, "--timeout", TIMEOUT)
+        result = run_lockfs(command, tmp_path, "--timeout", TIMEOUT)
         assert_clean_failure(result, 1, f"{tmp_path} is not a lockfs mount")

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, daemon_env, require_fuse
+from support import REPO, daemon_env
 
 
 def bench_mounts() -> list[str]:
@@ -21,8 +21,7 @@ def bench_mounts() -> list[str]:
         return [line for line in f if "lockfs-bench" in line]
 
 
-def test_quick_run_reports_every_section(tmp_path: Path) -> None:
-    require_fuse()
+def test_quick_run_reports_every_section(tmp_path: Path, fuse_required: None) -> None:
     before = bench_mounts()
     out = tmp_path / "out.json"
     proc = subprocess.run(

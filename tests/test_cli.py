@@ -21,13 +21,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Daemons, Mount, daemon_env, lockfs_command, wait_for
+from support import (
+    EXIT_BUSY,
+    Daemons,
+    MakeMount,
+    as_user,
+    daemon_env,
+    errno_of,
+    lockfs_command,
+    release,
+    wait_for,
+)
 
 from lockfs.cli import COMMANDS
 from lockfs.control import query_status, socket_path
 from lockfs.mounts import FSTYPE, entries_at, is_lockfs_mounted, mount_table
-
-EXIT_BUSY = 3  # locker.py: the lock is held by someone else
 
 
 def mount_ids(path: Path) -> list[int]:
@@ -39,31 +47,6 @@ def assert_serving(path: Path) -> None:
     assert is_lockfs_mounted(path)
     assert os.stat(path).st_ino == 1
     os.statvfs(path)
-
-
-def errno_of(fn: Callable[..., object], *args: object) -> int:
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    return int(info.value.errno)
-
-
-def hold_lock(runner: Daemons | Mount, path: Path) -> subprocess.Popen[str]:
-    """A process that takes PBS's lock on ``path`` and holds it until told to stop."""
-    holder = runner.helper("pbs", path)
-    assert holder.stdout is not None
-    assert holder.stdout.readline().startswith("locked "), holder.stderr
-    return holder
-
-
-def release(holder: subprocess.Popen[str]) -> None:
-    _out, err = holder.communicate("\n", timeout=10)
-    assert holder.returncode == 0, err
-
-
-def lock_is_busy(runner: Daemons | Mount, path: Path) -> bool:
-    proc = runner.helper("pbs", path, "--release")
-    proc.communicate(timeout=10)
-    return proc.returncode == EXIT_BUSY
 
 
 # --- Readiness and the arguments mount.fuse3 passes ------------------------------------------
@@ -261,10 +244,9 @@ def test_an_ordinary_user_is_told_that_mounting_needs_root(
     path = Path(tempfile.mkdtemp(prefix="lockfs-user-", dir="/tmp"))
     daemons.track(path)
     os.chown(path, second_user.pw_uid, second_user.pw_gid)
-    setpriv = ["setpriv", f"--reuid={second_user.pw_uid}", f"--regid={second_user.pw_gid}"]
     try:
         for args in (["mount", path], [path, "-f"], ["lockfs", path, "-o", "rw,nosuid,nodev"]):
-            cmd = [*setpriv, "--clear-groups", *lockfs_command(*args)]
+            cmd = [*as_user(second_user), *lockfs_command(*args)]
             result = daemons.run(*cmd, env=daemon_env(), timeout=20)
             assert result.returncode == 1, result.stderr
             expected = (
@@ -314,7 +296,7 @@ def test_sigterm_during_start_is_acted_on_once_serving(daemons: Daemons) -> None
 
 
 @pytest.mark.parametrize("end", ["SIGTERM", "SIGINT", "umount", "fusermount3"])
-def test_foreground_exit_status_0(make_mount: Callable[..., Mount], end: str) -> None:
+def test_foreground_exit_status_0(make_mount: MakeMount, end: str) -> None:
     mnt = make_mount()
     if end.startswith("SIG"):
         mnt.proc.send_signal(getattr(signal, end))
@@ -328,44 +310,44 @@ def test_foreground_exit_status_0(make_mount: Callable[..., Mount], end: str) ->
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_while_a_lock_is_held_keeps_serving(
-    make_mount: Callable[..., Mount], signum: signal.Signals
+    make_mount: MakeMount, signum: signal.Signals
 ) -> None:
     mnt = make_mount()
     lock = mnt / "store1" / "vm-100"
     lock.parent.mkdir()
-    holder = hold_lock(mnt, lock)
+    holder, _ = mnt.hold("pbs", lock)
     mnt.proc.send_signal(signum)
     wait_for(lambda: "not unmounting" in mnt.log_text(), what="the refusal to be logged")
     assert "it is busy (" in mnt.log_text()
     assert mnt.proc.poll() is None
     assert_serving(mnt.path)
-    assert lock_is_busy(mnt, lock)  # the lock is still held, and still exclusive
+    assert mnt.attempt("pbs", lock) == EXIT_BUSY  # the lock is still held, and still exclusive
     release(holder)
     mnt.proc.send_signal(signal.SIGTERM)
     assert mnt.proc.wait(timeout=10) == 0, mnt.log_text()
     assert not is_lockfs_mounted(mnt.path)
 
 
-def test_plain_umount_is_refused_while_a_lock_is_held(make_mount: Callable[..., Mount]) -> None:
+def test_plain_umount_is_refused_while_a_lock_is_held(make_mount: MakeMount) -> None:
     mnt = make_mount()
-    holder = hold_lock(mnt, mnt / "lock")
+    holder, _ = mnt.hold("pbs", mnt / "lock")
     result = subprocess.run(["umount", mnt.path], capture_output=True, text=True)
     assert result.returncode != 0 and "target is busy" in result.stderr
     assert_serving(mnt.path)
-    assert lock_is_busy(mnt, mnt / "lock")
+    assert mnt.attempt("pbs", mnt / "lock") == EXIT_BUSY
     release(holder)
     subprocess.run(["umount", mnt.path], check=True)
     assert mnt.proc.wait(timeout=10) == 0
 
 
-def test_lazy_umount_breaks_mutual_exclusion(make_mount: Callable[..., Mount]) -> None:
+def test_lazy_umount_breaks_mutual_exclusion(make_mount: MakeMount) -> None:
     """Why ``umount -l`` is documented as unsafe: the old holder keeps its lock on the
     detached mount while a new caller takes "the same" lock in the directory underneath."""
     mnt = make_mount()
-    holder = hold_lock(mnt, mnt / "lock")
+    holder, _ = mnt.hold("pbs", mnt / "lock")
     subprocess.run(["umount", "-l", mnt.path], check=True)
     assert not is_lockfs_mounted(mnt.path)
-    assert not lock_is_busy(mnt, mnt / "lock")  # a second holder of the same lock
+    assert mnt.attempt("pbs", mnt / "lock") == 0  # a second holder of the same lock
     (mnt / "lock").unlink()  # a plain file in the directory underneath
     assert mnt.proc.poll() is None  # still serving the old holder
     release(holder)
@@ -373,13 +355,13 @@ def test_lazy_umount_breaks_mutual_exclusion(make_mount: Callable[..., Mount]) -
 
 
 def test_a_lazily_detached_daemon_leaves_a_newer_mount_alone(
-    make_mount: Callable[..., Mount], daemons: Daemons
+    make_mount: MakeMount, daemons: Daemons
 ) -> None:
     """After ``umount -l`` and a new mount at the same place, SIGTERM to the old daemon and
     its exit must not unmount the new one (the daemon knows its own mount ID)."""
     old = make_mount()
     daemons.track(old.path)
-    holder = hold_lock(old, old / "lock")
+    holder, _ = old.hold("pbs", old / "lock")
     subprocess.run(["umount", "-l", old.path], check=True)
     assert daemons.lockfs(old.path).returncode == 0
     new_ids = mount_ids(old.path)
@@ -391,13 +373,12 @@ def test_a_lazily_detached_daemon_leaves_a_newer_mount_alone(
     assert_serving(old.path)
 
 
-def test_sigkill_leaves_enotconn_until_umount(
-    make_mount: Callable[..., Mount], daemons: Daemons
-) -> None:
+@pytest.mark.kills_daemon
+def test_sigkill_leaves_enotconn_until_umount(make_mount: MakeMount, daemons: Daemons) -> None:
     mnt = make_mount()
     daemons.track(mnt.path)
     lock = mnt / "lock"
-    holder = hold_lock(mnt, lock)
+    holder, _ = mnt.hold("pbs", lock)
     mnt.proc.kill()
     mnt.proc.wait(timeout=10)
     # Fail closed: the mount stays, nobody gets a second copy of the held lock.
@@ -465,8 +446,9 @@ def test_a_new_daemon_removes_stale_control_sockets_only(daemons: Daemons) -> No
             os.unlink(socket_of(busy_dir))
 
 
+@pytest.mark.kills_daemon
 def test_fixture_teardown_removes_the_socket_of_a_killed_daemon(
-    make_mount: Callable[..., Mount],
+    make_mount: MakeMount,
 ) -> None:
     mnt = make_mount()
     sock = socket_of(mnt.path)

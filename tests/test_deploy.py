@@ -18,8 +18,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Daemons
 from debian_package import COMMAND, Deb
+from support import REPO, Daemons
 
 from lockfs.control import escape_path
 from lockfs.mounts import FSTYPE, entries_at, is_lockfs_mounted

@@ -7,18 +7,11 @@ import fcntl
 import os
 import subprocess
 
-import pytest
-from conftest import Mount, wait_for
+from support import MakeMount, errno_of, wait_for
 
 
-def errno_of(fn, *args) -> int:  # type: ignore[no-untyped-def]
-    with pytest.raises(OSError) as info:
-        fn(*args)
-    return info.value.errno
-
-
-def test_entry_limit_gives_enospc_and_recovers(make_mount) -> None:  # type: ignore[no-untyped-def]
-    mnt: Mount = make_mount("max_entries=20,reclaim_delay=0.2,dir_grace=1")
+def test_entry_limit_gives_enospc_and_recovers(make_mount: MakeMount) -> None:
+    mnt = make_mount("max_entries=20,reclaim_delay=0.2,dir_grace=1")
     (mnt / "busy").mkdir()
     held = [os.open(mnt / f"busy/l{i}", os.O_RDWR | os.O_CREAT, 0o644) for i in range(18)]
     fcntl.flock(held[0], fcntl.LOCK_EX)
@@ -39,8 +32,8 @@ def test_entry_limit_gives_enospc_and_recovers(make_mount) -> None:  # type: ign
     os.close(fd)
 
 
-def test_file_size_limit_gives_efbig(make_mount) -> None:  # type: ignore[no-untyped-def]
-    mnt: Mount = make_mount("max_file_size=4k")
+def test_file_size_limit_gives_efbig(make_mount: MakeMount) -> None:
+    mnt = make_mount("max_file_size=4k")
     fd = os.open(mnt / "journal", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         assert os.write(fd, b"x" * 4096) == 4096
@@ -52,8 +45,8 @@ def test_file_size_limit_gives_efbig(make_mount) -> None:  # type: ignore[no-unt
     assert os.stat(mnt / "journal").st_size == 4096
 
 
-def test_depth_limit_gives_enametoolong(make_mount) -> None:  # type: ignore[no-untyped-def]
-    mnt: Mount = make_mount("max_depth=3")
+def test_depth_limit_gives_enametoolong(make_mount: MakeMount) -> None:
+    mnt = make_mount("max_depth=3")
     (mnt / "a/b/c").mkdir(parents=True)
     assert errno_of(os.mkdir, mnt / "a/b/c/d") == errno.ENAMETOOLONG
     assert errno_of(os.open, mnt / "a/b/c/f", os.O_CREAT | os.O_RDWR) == errno.ENAMETOOLONG

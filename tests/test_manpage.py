@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from support import REPO
 
 from lockfs.admin import SUBCOMMANDS
 from lockfs.options import (

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from support import FakeClock, FakeWallClock
 
 from lockfs.nodes import (
     NAME_MAX,
@@ -26,33 +27,9 @@ UID = 1000
 GID = 1000
 
 
-class FakeClock:
-    """A monotonic clock that only moves when told to (seconds)."""
-
-    def __init__(self, start: float = 100.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class FakeWallClock:
-    """A wall clock in nanoseconds that ticks by one microsecond on every reading."""
-
-    def __init__(self) -> None:
-        self.ns = 1_700_000_000_000_000_000
-
-    def __call__(self) -> int:
-        self.ns += 1000
-        return self.ns
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(start=100.0)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from support import FakeClock, FakeWallClock
 
 from lockfs.nodes import (
     RENAME_EXCHANGE,
@@ -33,27 +34,6 @@ NAMES = st.sampled_from([b"a", b"b", b"c"])
 PICK = st.integers(min_value=0, max_value=50)
 KINDS = st.sampled_from(["create", "mknod", "mkdir"])
 FLAGS = st.sampled_from([0, RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_NOREPLACE | RENAME_EXCHANGE])
-
-
-class FakeClock:
-    """Monotonic seconds that only move when the machine says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeWallClock:
-    """Nanosecond timestamps that tick on every reading."""
-
-    def __init__(self) -> None:
-        self.ns = 0
-
-    def __call__(self) -> int:
-        self.ns += 1
-        return self.ns
 
 
 @dataclass
@@ -86,7 +66,7 @@ def drain(
             table.forget(ino, count)
     for _ in range(len(table.nodes) + 2):
         before = len(table.nodes)
-        clock.now += max(FILE_DELAY, DIR_GRACE)
+        clock.advance(max(FILE_DELAY, DIR_GRACE))
         assert table.due() == []  # nothing is referenced: due() drops, never hands out
         if len(table.nodes) == before:
             break
@@ -479,7 +459,7 @@ class NodeTableMachine(RuleBasedStateMachine):
     @rule(seconds=st.sampled_from([0.25, 0.5, 1.0, 3.0]))
     def advance(self, seconds: float) -> None:
         """Time passes."""
-        self.clock.now += seconds
+        self.clock.advance(seconds)
 
     @rule(seconds=st.sampled_from([0.0, 1.0, 3.0]), race=st.booleans())
     def reclaim(self, seconds: float, race: bool) -> None:
@@ -487,7 +467,7 @@ class NodeTableMachine(RuleBasedStateMachine):
 
         With ``race``, a process opens each returned node before the invalidation arrives.
         """
-        self.clock.now += seconds
+        self.clock.advance(seconds)
         for node in self.table.due():
             shadow = self.shadow[node.ino]
             assert self.lookups.get(node.ino, 0) > 0, "due() handed out an unreferenced node"

@@ -6,34 +6,37 @@ import json
 import os
 import pwd
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import Mount, daemon_env, wait_for
-from test_locks import hold, release, waiters
-
-
-def lockfs(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "lockfs", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=daemon_env(), timeout=60)
+from support import (
+    MakeMount,
+    Mount,
+    as_user,
+    daemon_env,
+    lockfs_command,
+    release,
+    run_lockfs,
+    wait_for,
+    waiters,
+)
 
 
 def locks_json(mnt: Mount, *extra: str) -> list[dict[str, Any]]:
-    result = lockfs("locks", mnt, *extra, "--json")
+    result = run_lockfs("locks", mnt, *extra, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
 def test_locks_lists_holders_modes_kinds_and_waiters(mnt: Mount) -> None:
     (mnt / "store").mkdir()
-    exclusive, ex_ino = hold(mnt, "pbs", mnt / "store/vm-100")
+    exclusive, ex_ino = mnt.hold("pbs", mnt / "store/vm-100")
     waiter = mnt.helper("pbs", mnt / "store/vm-100", "--timeout", "30")
     wait_for(lambda: waiters(mnt, ex_ino), 10, "the waiter to block")
-    shared = [hold(mnt, "pbs", mnt / "store/ns-lock", "--shared")[0] for _ in range(2)]
-    posix, _ = hold(mnt, "posix", mnt / "store/posix")
-    ofd, _ = hold(mnt, "ofd", mnt / "store/ofd")
-    gone, _ = hold(mnt, "plain", mnt / "store/gone")
+    shared = [mnt.hold("pbs", mnt / "store/ns-lock", "--shared")[0] for _ in range(2)]
+    posix, _ = mnt.hold("posix", mnt / "store/posix")
+    ofd, _ = mnt.hold("ofd", mnt / "store/ofd")
+    gone, _ = mnt.hold("plain", mnt / "store/gone")
     os.unlink(mnt / "store/gone")
 
     rows = locks_json(mnt)
@@ -54,7 +57,7 @@ def test_locks_lists_holders_modes_kinds_and_waiters(mnt: Mount) -> None:
     assert unlinked["unlinked"] and unlinked["pid"] == gone.pid
 
     assert {r["path"] for r in locks_json(mnt, "store/ns")} == {"store/ns-lock"}
-    table = lockfs("locks", mnt)
+    table = run_lockfs("locks", mnt)
     assert table.returncode == 0
     header, *lines = table.stdout.splitlines()
     assert header.split() == ["PATH", "KIND", "MODE", "STATE", "PID", "COMMAND", "WAITERS", "HELD"]
@@ -66,7 +69,7 @@ def test_locks_lists_holders_modes_kinds_and_waiters(mnt: Mount) -> None:
     assert waiter.stdout.readline().startswith("locked")
     release(waiter)
     mnt.wait_reclaimed(10)
-    assert lockfs("locks", mnt).stdout.strip() == "no locks held or awaited"
+    assert run_lockfs("locks", mnt).stdout.strip() == "no locks held or awaited"
 
 
 def test_status_and_metrics_counters_move(mnt: Mount) -> None:
@@ -77,13 +80,13 @@ def test_status_and_metrics_counters_move(mnt: Mount) -> None:
     assert after["open"] + after.get("create", 0) >= before.get("open", 0) + 5
     assert after["release"] >= before.get("release", 0) + 5
 
-    human = lockfs("status", mnt)
+    human = run_lockfs("status", mnt)
     assert human.returncode == 0
     assert "live entries" in human.stdout and "reclaim backlog" in human.stdout
-    assert json.loads(lockfs("status", mnt, "--json").stdout)["mountpoint"] == str(mnt.path)
+    assert json.loads(run_lockfs("status", mnt, "--json").stdout)["mountpoint"] == str(mnt.path)
 
-    holder, _ = hold(mnt, "plain", mnt / "held")
-    metrics = lockfs("metrics", mnt).stdout
+    holder, _ = mnt.hold("plain", mnt / "held")
+    metrics = run_lockfs("metrics", mnt).stdout
     mp = f'mountpoint="{mnt.path}"'
     assert f'lockfs_requests_total{{{mp},op="release"}} ' in metrics
     held = f'lockfs_locks{{{mp},kind="flock",mode="exclusive",state="held"}} 1'
@@ -92,9 +95,9 @@ def test_status_and_metrics_counters_move(mnt: Mount) -> None:
     release(holder)
 
 
-def test_metrics_file_is_written_periodically(make_mount, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_file_is_written_periodically(make_mount: MakeMount, tmp_path: Path) -> None:
     prom = tmp_path / "lockfs.prom"
-    mnt: Mount = make_mount(f"metrics_file={prom},metrics_interval=0.1")
+    mnt = make_mount(f"metrics_file={prom},metrics_interval=0.1")
     wait_for(prom.exists, 10, "the metrics file")
     (mnt / "d").mkdir()
     wait_for(
@@ -106,9 +109,7 @@ def test_metrics_file_is_written_periodically(make_mount, tmp_path: Path) -> Non
 
 
 def test_control_socket_is_root_only(mnt: Mount) -> None:
-    nobody = pwd.getpwnam("nobody")
-    setpriv = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
-    cmd = [*setpriv, sys.executable, "-m", "lockfs", "status", str(mnt.path)]
+    cmd = [*as_user(pwd.getpwnam("nobody")), *lockfs_command("status", mnt)]
     result = subprocess.run(cmd, capture_output=True, text=True, env=daemon_env(), timeout=60)
     assert result.returncode == 1
     assert "Permission denied" in result.stderr

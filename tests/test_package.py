@@ -14,7 +14,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from conftest import REPO, Daemons
 from debian_package import (
     COMMAND,
     PBS_SERVICES,
@@ -26,6 +25,7 @@ from debian_package import (
     installed_version,
     run,
 )
+from support import REPO, Daemons
 
 from lockfs.mounts import FSTYPE, entries_at
 

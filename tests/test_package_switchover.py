@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemons
 from debian_package import COMMAND, Deb
+from support import Daemons
 
 from lockfs import switchover
 from lockfs.control import escape_path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
@@ -10,23 +9,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Mount, wait_for
+from support import MakeMount, Mount, errno_of, wait_for
 
-libc = ctypes.CDLL(None, use_errno=True)
-AT_FDCWD = -100
-RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
-
-
-def renameat2(old: Path, new: Path, flags: int) -> None:
-    if libc.renameat2(AT_FDCWD, bytes(old), AT_FDCWD, bytes(new), flags):
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
-def errno_of(fn, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
-    with pytest.raises(OSError) as info:
-        fn(*args, **kwargs)
-    return info.value.errno
+from lockfs.pbs_lock import (
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    RENAME_WHITEOUT,
+    chunk_path,
+    renameat2,
+)
 
 
 def test_directories(mnt: Mount) -> None:
@@ -65,7 +56,7 @@ def test_umask_and_attributes(mnt: Mount) -> None:
 
 
 def test_mkdir_p_races(mnt: Mount) -> None:
-    deep = mnt / "store/ns1:ns2/.chunks/abcd"
+    deep = Path(chunk_path(mnt / "store/ns1:ns2", 0)).parent
     procs = [mnt.spawn("mkdir", "-p", deep) for _ in range(8)]
     for proc in procs:
         _, err = proc.communicate(timeout=30)
@@ -169,7 +160,8 @@ def test_unsupported_kinds_get_clear_errors(mnt: Mount) -> None:
     assert mnt.status().faults == 0
 
 
-def test_injected_fault_answers_eio_and_mount_survives(make_mount) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.injects_faults
+def test_injected_fault_answers_eio_and_mount_survives(make_mount: MakeMount) -> None:
     mnt = make_mount(LOCKFS_TEST_HOOKS="fault-entry")
     assert errno_of(os.mkdir, mnt / "__lockfs_fault__") == errno.EIO
     assert "injected fault in lookup" in mnt.log_text() or "injected fault" in mnt.log_text()

@@ -10,14 +10,16 @@ import json
 import sys
 from pathlib import Path
 
-from conftest import HELPERS, Mount
+from support import HELPERS, MakeMount
 
 WORKERS = ["pbs", "pbs", "guard", "guard", "plain", "plain"]
 SECONDS = "4"
 
 
-def test_race_has_no_overlaps_and_loses_no_journal_lines(make_mount, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    mnt: Mount = make_mount("reclaim_delay=0.01,dir_grace=0.05")
+def test_race_has_no_overlaps_and_loses_no_journal_lines(
+    make_mount: MakeMount, tmp_path: Path
+) -> None:
+    mnt = make_mount("reclaim_delay=0.01,dir_grace=0.05")
     markers = tmp_path / "markers"
     markers.mkdir()
     procs = [

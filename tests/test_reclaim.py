@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import Mount, wait_for
+from support import Mount, wait_for
 
 
 def gone(path: os.PathLike[str]) -> bool:

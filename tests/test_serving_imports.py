@@ -20,7 +20,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from conftest import DAEMON_PYTHON, HELPERS, REPO, Daemons, wait_for
+from support import DAEMON_PYTHON, HELPERS, REPO, Daemons, wait_for
 
 from lockfs.control import ControlError, query
 

@@ -12,7 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import HELPERS, Mount, wait_for
+from support import HELPERS, MakeMount, Mount, wait_for
 
 HOLD_MANY = textwrap.dedent(
     """
@@ -131,8 +131,8 @@ LISTER = textwrap.dedent(
 )
 
 
-def test_listing_cwd_holders_and_churn_together(make_mount) -> None:  # type: ignore[no-untyped-def]
-    mnt: Mount = make_mount("reclaim_delay=0.01,dir_grace=0.05")
+def test_listing_cwd_holders_and_churn_together(make_mount: MakeMount) -> None:
+    mnt = make_mount("reclaim_delay=0.01,dir_grace=0.05")
     (mnt / "cwd/a/b").mkdir(parents=True)
     seconds = "3"
     cwd_workers = [
@@ -153,8 +153,8 @@ def test_listing_cwd_holders_and_churn_together(make_mount) -> None:  # type: ig
     assert status.open == 0 and status.faults == 0
 
 
-def test_daemon_memory_stays_bounded(make_mount) -> None:  # type: ignore[no-untyped-def]
-    mnt: Mount = make_mount("reclaim_delay=0.05,dir_grace=0.2")
+def test_daemon_memory_stays_bounded(make_mount: MakeMount) -> None:
+    mnt = make_mount("reclaim_delay=0.05,dir_grace=0.2")
     mnt.run_helper("bulk", mnt / "warm", "2000", timeout=120)
     start = mnt.wait_reclaimed(30).rss_bytes
     for round_ in range(3):
@@ -164,11 +164,11 @@ def test_daemon_memory_stays_bounded(make_mount) -> None:  # type: ignore[no-unt
     assert status.rss_bytes - start < 32 << 20, (start, status.rss_bytes)
 
 
-def test_signals_while_requests_are_in_flight(make_mount, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_signals_while_requests_are_in_flight(make_mount: MakeMount, tmp_path: Path) -> None:
     """SIGTERM/SIGINT arriving while workers take locks: the daemon unmounts only in a moment
     when nothing is open (then the workers carry on in the directory underneath), never while
     a lock is held — so exclusive holders never overlap, whichever side they are on."""
-    mnt: Mount = make_mount("reclaim_delay=0.01,dir_grace=0.05")
+    mnt = make_mount("reclaim_delay=0.01,dir_grace=0.05")
     markers = tmp_path / "markers"
     markers.mkdir()
     workers = [

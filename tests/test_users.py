@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import Mount
+from support import MakeMount, as_user
 
 PROBE = textwrap.dedent(
     """
@@ -45,12 +45,14 @@ PROBE = textwrap.dedent(
 def run_as(
     user: pwd.struct_passwd, *cmd: str | os.PathLike[str]
 ) -> subprocess.CompletedProcess[str]:
-    setpriv = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
-    return subprocess.run([*setpriv, *map(str, cmd)], capture_output=True, text=True, timeout=60)
+    argv = [*as_user(user), *map(str, cmd)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
 
-def test_second_user_is_confined_by_mode_bits(make_mount, second_user: pwd.struct_passwd) -> None:  # type: ignore[no-untyped-def]
-    mnt: Mount = make_mount("mode=1777,reclaim_delay=0.2,dir_grace=1", public=True)
+def test_second_user_is_confined_by_mode_bits(
+    make_mount: MakeMount, second_user: pwd.struct_passwd
+) -> None:
+    mnt = make_mount("mode=1777,reclaim_delay=0.2,dir_grace=1", public=True)
     private = mnt / "private"
     private.write_bytes(b"secret")  # holds data, so it stays
     os.chmod(private, 0o600)
@@ -80,7 +82,7 @@ def test_second_user_is_confined_by_mode_bits(make_mount, second_user: pwd.struc
     assert os.stat(mnt / "mydir").st_uid == second_user.pw_uid
 
 
-def test_root_directory_options_set_owner_and_mode(make_mount) -> None:  # type: ignore[no-untyped-def]
-    mnt: Mount = make_mount("uid=34,gid=34,mode=0750")
+def test_root_directory_options_set_owner_and_mode(make_mount: MakeMount) -> None:
+    mnt = make_mount("uid=34,gid=34,mode=0750")
     st = os.stat(mnt.path)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (34, 34, 0o750)

@@ -26,9 +26,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from locker import Busy, Modified, guard_lock, lock_helper, plain_lock
+from locker import guard_lock, plain_lock  # also puts the checkout's lockfs on sys.path
 
-CHUNKS = [f"store/.chunks/{i:04x}/{i:064x}" for i in range(3)]
+from lockfs.pbs_lock import LockBusy, LockFileModified, chunk_path, lock_helper
+
+CHUNKS = [chunk_path("store", i) for i in range(3)]
 GROUPS = [f"store/vm-{100 + i}" for i in range(3)]
 JOURNAL = "store/move-journal"
 
@@ -49,11 +51,10 @@ def critical_section(markers: str, name: str, counters: dict[str, int]) -> None:
 def take(strategy: str, path: str, timeout: float) -> int:
     owner = (os.getuid(), os.getgid())
     if strategy == "pbs":
-        return lock_helper(path, True, timeout, owner)
+        return lock_helper(path, owner, timeout=timeout)
     if strategy == "guard":
-        return guard_lock(path, True, timeout, owner)
-    fd = plain_lock(path, True, timeout)
-    return fd
+        return guard_lock(path, owner, exclusive=True, timeout=timeout)
+    return plain_lock(path, exclusive=True, timeout=timeout)
 
 
 def journal_step(
@@ -62,7 +63,7 @@ def journal_step(
     path = os.path.join(root, JOURNAL)
     try:
         fd = take("plain" if strategy == "plain" else "pbs", path, 0.2)
-    except (Busy, Modified):
+    except (LockBusy, LockFileModified):
         counters["busy"] += 1
         return
     try:
@@ -99,10 +100,10 @@ def main() -> int:
         timeout = random.choice([0.0, 0.0, 0.05])
         try:
             fd = take(strategy, path, timeout)
-        except Busy:
+        except LockBusy:
             counters["busy"] += 1
             continue
-        except Modified:
+        except LockFileModified:
             counters["modified"] += 1
             continue
         try:
