@@ -264,7 +264,7 @@ class LockOperations(pyfuse3.Operations):
                 break
             # readdirplus entries are lookups, except "." and "..", which the kernel skips.
             if name != b"." and name != b"..":
-                self.table.remember(node)
+                self.table.listed(node)
 
     @_handler
     async def releasedir(self, fh: int) -> None:

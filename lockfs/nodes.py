@@ -53,6 +53,7 @@ class Node:
 
     ``lookups`` mirrors the kernel's lookup count for this node id (LOOKUP, CREATE, MKDIR,
     MKNOD and readdirplus entries add one, FORGET subtracts); ``opens`` counts open handles.
+    ``last_used`` is the last request that used the node; a readdirplus entry is not a use.
     """
 
     ino: int
@@ -376,6 +377,24 @@ class NodeTable:
             self.referenced_count += 1
         node.lookups += 1
         self.touch(node)
+
+    def listed(self, node: Node) -> None:
+        """A readdirplus entry for ``node`` went to the kernel: one more lookup reference,
+        but not a use, so listing a directory never keeps its entries alive.
+
+        The node keeps its last-use time and its place in the idle queue. If it is idle but
+        off the queue (:meth:`due` handed it out and this reference may have been taken after
+        the kernel processed the invalidation), it is queued again with its old last-use time,
+        so that the new reference is invalidated in turn: it is handed out again once the
+        nodes ahead of it are due, at most one delay later.
+        """
+        if node.lookups == 0:
+            self.referenced_count += 1
+        node.lookups += 1
+        if self._is_idle(node):
+            queue = self._queue_of(node)
+            if node not in queue:
+                queue[node] = None
 
     def forget(self, ino: int, count: int) -> None:
         """The kernel dropped ``count`` lookup references on ``ino``."""

@@ -921,6 +921,52 @@ def test_listing_skips_entries_removed_while_listing(table: NodeTable) -> None:
     assert got == [b".", b"..", b"a", b"c"]
 
 
+def test_listed_entries_are_referenced_but_not_used(table: NodeTable, clock: FakeClock) -> None:
+    """A readdirplus entry takes a kernel reference but keeps the entry's last use, so an
+    entry listed over and over still becomes due after its delay (and goes on FORGET)."""
+    d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
+    f = make_file(table, b"f", d.ino)
+    sub = table.mkdir(d.ino, b"sub", 0o755, UID, GID)
+    last_used = f.last_used
+    for _ in range(10):  # `ls` every 100 ms for twice the delay
+        clock.advance(0.1)
+        for name, node, _ in table.listing(d.ino, 0):
+            if name not in (b".", b".."):
+                table.listed(node)
+    assert f.last_used == last_used and f.lookups == 11
+    assert table.due() == [f]  # the directory's own listing was a use; its entries' not
+    kernel_forgets(table, f)
+    assert f.ino not in table.nodes
+    clock.advance(DIR_GRACE)
+    assert table.due() == [sub]  # listed, never used since its creation
+    table.check()
+
+
+def test_entry_listed_after_being_handed_out_is_queued_again(
+    table: NodeTable, clock: FakeClock
+) -> None:
+    """due() hands a node out; a listing takes a new reference that the invalidation may not
+    cover (the kernel forgets only the old ones): the node is queued again, keeping its last
+    use, and handed out again so that the new reference is invalidated too."""
+    f = make_file(table, b"f")
+    g = make_file(table, b"g")
+    clock.advance(FILE_DELAY)
+    assert table.due() == [f, g]
+    assert table.idle_count == 0
+    table.listed(f)
+    table.listed(f)  # listed twice: queued once
+    assert table.idle_count == 1
+    table.forget(f.ino, 1)  # the FORGET for the reference the invalidation covered
+    assert f.lookups == 2 and table.nodes[f.ino] is f
+    assert table.due() == [f]
+    kernel_forgets(table, f)
+    assert f.ino not in table.nodes
+    h = make_file(table, b"h", data=b"x")
+    table.listed(h)  # not idle: not queued
+    assert table.idle_count == 0
+    table.check()
+
+
 def test_listing_is_a_use_of_the_directory(table: NodeTable, clock: FakeClock) -> None:
     """Listing a directory restarts its grace period."""
     d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
