@@ -220,13 +220,8 @@ class LockOperations(pyfuse3.Operations):
 
     @_handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        node = self.table.get(inode)
-        if node.children is not None:
-            raise FsError(errno.EISDIR)
-        node = self.table.open(inode)
-        if flags & os.O_TRUNC and node.data:  # the kernel may pass O_TRUNC (atomic_o_trunc)
-            self.table.truncate(node, 0)
-        return self._file_info(node)
+        # The kernel passes O_TRUNC here instead of a SETATTR (atomic_o_trunc).
+        return self._file_info(self.table.open(inode, truncate=bool(flags & os.O_TRUNC)))
 
     @_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -252,10 +247,7 @@ class LockOperations(pyfuse3.Operations):
 
     @_handler
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        node = self.table.get(inode)
-        if node.children is None:
-            raise FsError(errno.ENOTDIR)
-        return self.table.open(inode).ino
+        return self.table.opendir(inode).ino
 
     @_handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:

@@ -572,14 +572,31 @@ class NodeTable:
 
     # ----------------------------------------------------------------- open files and data
 
-    def open(self, ino: int) -> Node:
+    def open(self, ino: int, *, truncate: bool = False) -> Node:
+        """OPEN a regular file (EISDIR for a directory). ``truncate`` (O_TRUNC) empties it and
+        marks mtime and ctime for update even if it was empty already, as POSIX and tmpfs do."""
         node = self.get(ino)
+        if node.children is not None:
+            raise FsError(errno.EISDIR)
+        self._open(node)
+        if truncate:
+            self.truncate(node, 0)
+        return node
+
+    def opendir(self, ino: int) -> Node:
+        """OPENDIR a directory (ENOTDIR for anything else)."""
+        node = self.get(ino)
+        if node.children is None:
+            raise FsError(errno.ENOTDIR)
+        self._open(node)
+        return node
+
+    def _open(self, node: Node) -> None:
         node.opens += 1
         self.touch(node)
         if node.opens == 1:
             self.open_count += 1
             node.open_since = node.last_used
-        return node
 
     def release(self, ino: int) -> None:
         node = self.nodes.get(ino)

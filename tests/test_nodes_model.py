@@ -414,16 +414,18 @@ class NodeTableMachine(RuleBasedStateMachine):
 
     @rule(p=PICK, trunc=st.booleans())
     def open(self, p: int, trunc: bool) -> None:
-        """OPEN (maybe with O_TRUNC, as the adapter does it) or OPENDIR a known inode."""
+        """OPEN (maybe with O_TRUNC) a known file or OPENDIR a known directory."""
         ino = self.pick(self.lookups_held(), p)
         assert ino is not None
-        node = self.table.open(ino)
+        if self.shadow[ino].is_dir:
+            node = self.table.opendir(ino)
+        else:
+            node = self.table.open(ino, truncate=trunc)
+            if trunc:
+                self.shadow[ino].data.clear()
         assert node.ino == ino
         self.opens[ino] = self.opens.get(ino, 0) + 1
         self.used(ino)
-        if trunc and node.data:  # lockfs.fuse_ops.LockOperations.open
-            self.table.truncate(node, 0)
-            self.shadow[ino].data.clear()
 
     @rule(p=PICK)
     def release(self, p: int) -> None:
@@ -507,7 +509,7 @@ class NodeTableMachine(RuleBasedStateMachine):
             assert not shadow.data and not self.children(node.ino)
             assert self.now - shadow.last_use >= _delay(shadow), "handed out before its delay"
             if race:
-                self.table.open(node.ino)
+                (self.table.opendir if node.is_dir else self.table.open)(node.ino)
                 self.opens[node.ino] = 1
                 self.used(node.ino)
             if listed:
