@@ -12,6 +12,9 @@ is a comma-separated list of hooks:
     The daemon signals itself at a start-up step, to check that the command then fails and
     leaves no mount behind, or that a SIGTERM arriving during start-up is acted on once the
     daemon serves instead of killing it. STEP is one of :data:`STARTUP_FAULTS`.
+``syslog=PATH``, ``journal=PATH``
+    A detached daemon uses these sockets instead of ``/dev/log`` and the journal's native
+    socket (lockfs.logs), so a test can take them away or stand in for them.
 
 An unknown hook is an error (the command refuses to start), so a test never silently runs
 without the failure it asked for. To add a hook: a field on :class:`TestHooks`, a branch in
@@ -54,10 +57,17 @@ class TestHooks:
 
     fault_entry: bool = False
     startup: str | None = None
+    syslog_socket: str | None = None
+    journal_socket: str | None = None
 
     def request_hook(self) -> RequestHook | None:
         """What the request handlers call first, or None when no request hook is set."""
         return _raise_on_fault_name if self.fault_entry else None
+
+    def log_sockets(self) -> dict[str, str]:
+        """Keyword arguments for lockfs.logs.detached: the sockets these hooks replace."""
+        sockets = {"syslog_socket": self.syslog_socket, "journal_socket": self.journal_socket}
+        return {key: path for key, path in sockets.items() if path is not None}
 
     def at_startup_step(self, step: str) -> None:
         """Signal this process if ``startup=`` names this step."""
@@ -85,6 +95,8 @@ def parse(value: str) -> TestHooks:
             hooks = replace(hooks, fault_entry=True)
         elif name == "startup" and arg in STARTUP_FAULTS:
             hooks = replace(hooks, startup=arg)
+        elif name in ("syslog", "journal") and arg.startswith("/"):
+            hooks = replace(hooks, **{f"{name}_socket": arg})
         else:
             raise HookError(f"{ENV}: unknown test hook {item!r}")
     return hooks
