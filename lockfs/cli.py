@@ -71,9 +71,10 @@ _OPTIONS_HELP = (
     "reclaim_delay=SECONDS (idle empty files, default 0.5), dir_grace=SECONDS (idle "
     "empty directories, default 10), max_entries=N (default 1000000), "
     "max_file_size=SIZE (default 64M), max_depth=N (default 32), metrics_file=PATH, "
-    "metrics_interval=SECONDS (default 15), debug, and the usual kernel flags (nosuid, "
-    "nodev, noexec, noatime, ...). Options for mount(8), fstab and systemd (nofail, "
-    "_netdev, x-systemd.*, ...) are accepted and ignored."
+    "metrics_interval=SECONDS (default 15), hang_timeout=SECONDS (a daemon stuck this long "
+    "fails closed: its mount answers ENOTCONN; default 30, 0: never), debug, and the usual "
+    "kernel flags (nosuid, nodev, noexec, noatime, ...). Options for mount(8), fstab and "
+    "systemd (nofail, _netdev, x-systemd.*, ...) are accepted and ignored."
 )
 
 

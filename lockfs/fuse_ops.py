@@ -5,7 +5,8 @@ Kept thin on purpose: every rule about names, references and reclaim lives in
 
 * Every handler is wrapped by :func:`_handler`: a :class:`~lockfs.nodes.FsError` becomes its
   errno, any other exception is logged with its request and answered with EIO, so a bug never
-  takes the mount down. Requests are counted by type.
+  takes the mount down. Requests are counted by type, and the one in service is recorded for
+  the hang watchdog.
 * File handles are inode numbers (never reused), so RELEASE, READ and WRITE, which only carry
   the handle, find their node without a handle table.
 * FLUSH answers ENOSYS once, after which the kernel stops sending it: a lock cycle is then
@@ -50,6 +51,8 @@ def _handler(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(self: LockOperations, *args: Any) -> Any:
         self.requests[name] += 1
+        self.serving_name = name  # the request in service, for the hang watchdog
+        self.serving_args = args
         if self.trace:
             log.debug("request %s%r", name, args)
         try:
@@ -66,6 +69,8 @@ def _handler(fn: F) -> F:
             self.faults += 1
             log.exception("internal error in %s%r; answered EIO", name, args)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            self.serving_args = None
 
     return wrapper  # type: ignore[return-value]
 
@@ -88,6 +93,10 @@ class LockOperations(pyfuse3.Operations):
         #: Test-only hook: called with the handler name and arguments before every request;
         #: whatever it raises is handled like a bug in the handler.
         self.fault_hook: Callable[[str, tuple[Any, ...]], None] | None = None
+        #: The request being served (handler name, arguments; None between requests): the
+        #: hang watchdog (lockfs.watchdog) reads them from its own thread.
+        self.serving_name = ""
+        self.serving_args: tuple[Any, ...] | None = None
 
     # ----------------------------------------------------------------- replies
 
