@@ -123,10 +123,14 @@ class StallDetector:
         if serving is None or serving is not self._request:
             self._request = serving
             self._request_since = now
-        if self._request is not None and now - self._request_since >= self.timeout:
-            return Stall(now - self._request_since, args=self._request)
-        if now - self._loop_since >= self.timeout:
-            return Stall(now - self._loop_since)
+        # A loop that stopped while a request is in service stopped inside that request (one
+        # worker task; the adapter clears the request before anything else runs), even if
+        # the last heartbeat was seen before the request was.
+        stuck_since = self._loop_since
+        if self._request is not None:
+            stuck_since = min(stuck_since, self._request_since)
+        if now - stuck_since >= self.timeout:
+            return Stall(now - stuck_since, args=self._request)
         return None
 
 

@@ -66,6 +66,17 @@ def test_a_stopped_loop_trips_outside_any_request() -> None:
     assert detector.observe(1.0, 5, None) == Stall(1.0)
 
 
+def test_a_loop_stopped_inside_a_request_names_the_request() -> None:
+    """The heartbeat's last change was seen a sample before the request was: the stall
+    counts from the heartbeat, and names the request in service."""
+    detector = StallDetector(timeout=1.0, interval=0.125)
+    assert detector.observe(0.0, 7, None) is None
+    stuck = (1, b"__lockfs_deadlock__")
+    for step in range(1, 8):
+        assert detector.observe(step * 0.125, 7, stuck) is None
+    assert detector.observe(1.0, 7, stuck) == Stall(1.0, args=stuck)
+
+
 def test_time_the_watchdog_did_not_run_is_not_blamed_on_the_loop() -> None:
     """A process stopped (SIGSTOP) or a VM paused: the watchdog wakes late and starts over."""
     detector = StallDetector(timeout=1.0, interval=0.1)
@@ -218,12 +229,13 @@ def test_a_detached_daemon_logs_the_hang_before_it_exits(daemons: Daemons, tmp_p
     assert daemons.run("umount", path).returncode == 0
 
 
+#: Takes and releases locks on 50 names in its working directory (which it keeps alive).
 CYCLER = textwrap.dedent(
     """
     import fcntl, os, sys, time
-    root, deadline, n = sys.argv[1], time.monotonic() + float(sys.argv[2]), 0
+    deadline, n = time.monotonic() + float(sys.argv[1]), 0
     while time.monotonic() < deadline:
-        fd = os.open(f"{root}/lock{n % 50}", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(f"lock{n % 50}", os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.close(fd)
         n += 1
@@ -238,7 +250,7 @@ def test_a_saturated_daemon_never_trips_the_shortest_hang_timeout(make_mount: An
     mnt: Mount = make_mount("reclaim_delay=0.01,dir_grace=0.05,hang_timeout=0.5")
     (mnt / "hot").mkdir()
     seconds = "4"
-    procs = [mnt.spawn(sys.executable, "-c", CYCLER, mnt / "hot", seconds) for _ in range(3)]
+    procs = [mnt.spawn(sys.executable, "-c", CYCLER, seconds, cwd=mnt / "hot") for _ in range(3)]
     procs += [mnt.helper("bulk", mnt / f"store{i}", "100000", str(i << 20)) for i in range(2)]
     lister = mnt.spawn("sh", "-c", 'while :; do ls -R "$1" > /dev/null; done', "sh", mnt.path)
     deadline = time.monotonic() + float(seconds)
