@@ -34,14 +34,13 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-import logging.handlers
 import os
 import re
 import signal
 import sys
 from collections.abc import Sequence
 
-from . import __version__, testing_hooks
+from . import __version__, logs, testing_hooks
 from .admin import EXIT_USAGE, SUBCOMMANDS, Subcommand, run_subcommand, subcommand_parser, summary
 from .admin import fail as _fail
 from .mounts import (
@@ -72,29 +71,11 @@ _OPTIONS_HELP = (
     "reclaim_delay=SECONDS (idle empty files, default 0.5), dir_grace=SECONDS (idle "
     "empty directories, default 10), max_entries=N (default 1000000), "
     "max_file_size=SIZE (default 64M), max_depth=N (default 32), metrics_file=PATH, "
-    "metrics_interval=SECONDS (default 15), debug, and the usual kernel flags (nosuid, "
-    "nodev, noexec, noatime, ...). Options for mount(8), fstab and systemd (nofail, "
-    "_netdev, x-systemd.*, ...) are accepted and ignored."
+    "metrics_interval=SECONDS (default 15), hang_timeout=SECONDS (a daemon stuck this long "
+    "fails closed: its mount answers ENOTCONN; default 30, 0: never), debug, and the usual "
+    "kernel flags (nosuid, nodev, noexec, noatime, ...). Options for mount(8), fstab and "
+    "systemd (nofail, _netdev, x-systemd.*, ...) are accepted and ignored."
 )
-
-
-def _setup_logging(debug: bool, to_syslog: bool, quiet: bool = False) -> None:
-    """Log to syslog (a detached daemon) or stderr; ``quiet`` keeps stderr to warnings, so a
-    successful ``mount`` prints nothing."""
-    handler: logging.Handler
-    if to_syslog and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
-        handler.setFormatter(logging.Formatter("lockfs[%(process)d]: %(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s lockfs[%(process)d] %(levelname)s: %(message)s")
-        )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
-    # pyfuse3 logs every worker start at debug level; keep it quieter unless tracing.
-    logging.getLogger("pyfuse3").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 def mount_main(argv: Sequence[str]) -> int:
@@ -231,7 +212,7 @@ def _mount(args: argparse.Namespace) -> int:
     except MountError as exc:
         return _fail(str(exc))
     if foreground:
-        _setup_logging(options.debug, to_syslog=False)
+        logs.to_stderr(options.debug)
         return _run(mountpoint, options, args.source, hooks, claim, ready_fd=None)
     return _daemonize(mountpoint, options, args.source, hooks, claim)
 
@@ -271,7 +252,7 @@ def _run(
             os.write(ready_fd, b"ready\n")
             hooks.at_startup_step("when-ready")
             os.close(ready_fd)
-            _detach_stdio()
+            _detach_stdio(mountpoint, hooks)
 
     try:
         daemon.serve(on_ready=ready)
@@ -281,9 +262,11 @@ def _run(
     return 0
 
 
-def _detach_stdio() -> None:
-    """Once ready, the daemon logs to syslog and lets go of the caller's terminal/pipes."""
-    _setup_logging(logging.getLogger().level == logging.DEBUG, to_syslog=True)
+def _detach_stdio(mountpoint: str, hooks: TestHooks) -> None:
+    """Once ready, the daemon logs to syslog (or where lockfs.logs falls back to) and lets go
+    of the caller's terminal/pipes."""
+    debug = logging.getLogger().level == logging.DEBUG
+    logs.detached(debug, mountpoint, **hooks.log_sockets())
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
@@ -311,7 +294,7 @@ def _daemonize(
             claim.release()  # the parent's copy keeps the claim
             os.setsid()
             os.chdir("/")
-            _setup_logging(options.debug, to_syslog=False, quiet=True)
+            logs.to_stderr(options.debug, quiet=True)
             code = _run(mountpoint, options, source, hooks, None, ready_fd=write_end)
         except BaseException:
             log.exception("lockfs daemon failed to start")  # still on the caller's stderr

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from . import logs
 from .fuse_ops import LockOperations
 from .nodes import NodeTable
 from .options import MountOptions
@@ -70,6 +71,7 @@ class ControlCommands:
             faults=self.ops.faults,
             rss_bytes=rss_pages * resource.getpagesize(),
             options=self.options,
+            log=logs.destination(),
         )
 
     def node_info(self, inos: Iterable[int]) -> dict[str, dict[str, Any]]:

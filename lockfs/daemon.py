@@ -27,6 +27,7 @@ from .nodes import Limits, NodeTable, ReclaimPolicy
 from .options import MountOptions
 from .reclaimer import reclaim_loop
 from .testing_hooks import NO_HOOKS, TestHooks
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,15 @@ class Daemon:
         )
         self.ops = LockOperations(self.table, trace=options.debug)
         self.ops.fault_hook = hooks.request_hook()
+        self.watchdog: Watchdog | None = None
+        if options.hang_timeout:
+            self.watchdog = Watchdog(
+                options.hang_timeout,
+                self.ops,
+                mountpoint=self.mountpoint,
+                device=self._device,
+                abort=not hooks.watchdog_exit_only,
+            )
         #: What the control socket answers (status, node info).
         self.commands = ControlCommands(self.mountpoint, self.table, self.ops, options)
         self._mounted = False
@@ -81,6 +91,8 @@ class Daemon:
         try:
             trio.run(self._serve, on_ready)
         finally:
+            if self.watchdog is not None:
+                self.watchdog.stop()
             self._close()
 
     async def _serve(self, on_ready: Callable[[], None]) -> None:
@@ -97,9 +109,14 @@ class Daemon:
                 )
             # Bound before the mount is reported ready, so `lockfs status` works at once.
             await nursery.start(serve_control, socket_path(self.mountpoint), self.commands)
+            if self.watchdog is not None:
+                nursery.start_soon(self.watchdog.heartbeat)
+                self.watchdog.start()
             on_ready()
             # Handlers never wait, so one worker task serves every request in turn.
             await pyfuse3.main(min_tasks=1, max_tasks=1)
+            if self.watchdog is not None:
+                self.watchdog.stop()
             self._session_ended = True
             log.info("FUSE session ended")
             nursery.cancel_scope.cancel()

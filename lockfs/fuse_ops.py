@@ -5,7 +5,8 @@ Kept thin on purpose: every rule about names, references and reclaim lives in
 
 * Every handler is wrapped by :func:`_handler`: a :class:`~lockfs.nodes.FsError` becomes its
   errno, any other exception is logged with its request and answered with EIO, so a bug never
-  takes the mount down. Requests are counted by type.
+  takes the mount down. Requests are counted by type, and the one in service is recorded for
+  the hang watchdog.
 * File handles are inode numbers (never reused), so RELEASE, READ and WRITE, which only carry
   the handle, find their node without a handle table.
 * FLUSH answers ENOSYS once, after which the kernel stops sending it: a lock cycle is then
@@ -50,6 +51,8 @@ def _handler(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(self: LockOperations, *args: Any) -> Any:
         self.requests[name] += 1
+        self.serving_name = name  # the request in service, for the hang watchdog
+        self.serving_args = args
         if self.trace:
             log.debug("request %s%r", name, args)
         try:
@@ -66,6 +69,8 @@ def _handler(fn: F) -> F:
             self.faults += 1
             log.exception("internal error in %s%r; answered EIO", name, args)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            self.serving_args = None
 
     return wrapper  # type: ignore[return-value]
 
@@ -88,6 +93,10 @@ class LockOperations(pyfuse3.Operations):
         #: Test-only hook: called with the handler name and arguments before every request;
         #: whatever it raises is handled like a bug in the handler.
         self.fault_hook: Callable[[str, tuple[Any, ...]], None] | None = None
+        #: The request being served (handler name, arguments; None between requests): the
+        #: hang watchdog (lockfs.watchdog) reads them from its own thread.
+        self.serving_name = ""
+        self.serving_args: tuple[Any, ...] | None = None
 
     # ----------------------------------------------------------------- replies
 
@@ -220,13 +229,8 @@ class LockOperations(pyfuse3.Operations):
 
     @_handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        node = self.table.get(inode)
-        if node.children is not None:
-            raise FsError(errno.EISDIR)
-        node = self.table.open(inode)
-        if flags & os.O_TRUNC and node.data:  # the kernel may pass O_TRUNC (atomic_o_trunc)
-            self.table.truncate(node, 0)
-        return self._file_info(node)
+        # The kernel passes O_TRUNC here instead of a SETATTR (atomic_o_trunc).
+        return self._file_info(self.table.open(inode, truncate=bool(flags & os.O_TRUNC)))
 
     @_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -252,10 +256,7 @@ class LockOperations(pyfuse3.Operations):
 
     @_handler
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        node = self.table.get(inode)
-        if node.children is None:
-            raise FsError(errno.ENOTDIR)
-        return self.table.open(inode).ino
+        return self.table.opendir(inode).ino
 
     @_handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -264,7 +265,7 @@ class LockOperations(pyfuse3.Operations):
                 break
             # readdirplus entries are lookups, except "." and "..", which the kernel skips.
             if name != b"." and name != b"..":
-                self.table.remember(node)
+                self.table.listed(node)
 
     @_handler
     async def releasedir(self, fh: int) -> None:

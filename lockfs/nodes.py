@@ -53,6 +53,7 @@ class Node:
 
     ``lookups`` mirrors the kernel's lookup count for this node id (LOOKUP, CREATE, MKDIR,
     MKNOD and readdirplus entries add one, FORGET subtracts); ``opens`` counts open handles.
+    ``last_used`` is the last request that used the node; a readdirplus entry is not a use.
     """
 
     ino: int
@@ -377,6 +378,24 @@ class NodeTable:
         node.lookups += 1
         self.touch(node)
 
+    def listed(self, node: Node) -> None:
+        """A readdirplus entry for ``node`` went to the kernel: one more lookup reference,
+        but not a use, so listing a directory never keeps its entries alive.
+
+        The node keeps its last-use time and its place in the idle queue. If it is idle but
+        off the queue (:meth:`due` handed it out and this reference may have been taken after
+        the kernel processed the invalidation), it is queued again with its old last-use time,
+        so that the new reference is invalidated in turn: it is handed out again once the
+        nodes ahead of it are due, at most one delay later.
+        """
+        if node.lookups == 0:
+            self.referenced_count += 1
+        node.lookups += 1
+        if self._is_idle(node):
+            queue = self._queue_of(node)
+            if node not in queue:
+                queue[node] = None
+
     def forget(self, ino: int, count: int) -> None:
         """The kernel dropped ``count`` lookup references on ``ino``."""
         node = self.nodes.get(ino)
@@ -553,14 +572,31 @@ class NodeTable:
 
     # ----------------------------------------------------------------- open files and data
 
-    def open(self, ino: int) -> Node:
+    def open(self, ino: int, *, truncate: bool = False) -> Node:
+        """OPEN a regular file (EISDIR for a directory). ``truncate`` (O_TRUNC) empties it and
+        marks mtime and ctime for update even if it was empty already, as POSIX and tmpfs do."""
         node = self.get(ino)
+        if node.children is not None:
+            raise FsError(errno.EISDIR)
+        self._open(node)
+        if truncate:
+            self.truncate(node, 0)
+        return node
+
+    def opendir(self, ino: int) -> Node:
+        """OPENDIR a directory (ENOTDIR for anything else)."""
+        node = self.get(ino)
+        if node.children is None:
+            raise FsError(errno.ENOTDIR)
+        self._open(node)
+        return node
+
+    def _open(self, node: Node) -> None:
         node.opens += 1
         self.touch(node)
         if node.opens == 1:
             self.open_count += 1
             node.open_since = node.last_used
-        return node
 
     def release(self, ino: int) -> None:
         node = self.nodes.get(ino)

@@ -57,6 +57,9 @@ IGNORED = frozenset(
 )  # fmt: skip
 IGNORED_PREFIXES = ("x-", "X-", "comment=", "fsname=", "subtype=", "user=", "helper=")
 
+#: The shortest hang_timeout (see lockfs.watchdog): shorter ones could trip on ordinary pauses.
+MIN_HANG_TIMEOUT = 0.5
+
 #: Always in force: the kernel checks permissions, and every user may use the lock directory.
 ALWAYS = ("default_permissions", "allow_other")
 
@@ -99,6 +102,8 @@ class MountOptions:
     max_entries: int = 1_000_000
     max_file_size: int = 64 << 20
     max_depth: int = 32
+    #: Fail closed when the daemon is stuck this long (seconds; 0: never). See lockfs.watchdog.
+    hang_timeout: float = 30.0
 
     def fuse_options(self, fsname: str) -> set[str]:
         """The option set handed to ``pyfuse3.init``."""
@@ -150,6 +155,13 @@ def _positive_seconds(key: str, value: str) -> float:
     return seconds
 
 
+def _hang_timeout(key: str, value: str) -> float:
+    seconds = _seconds(key, value)
+    if 0 < seconds < MIN_HANG_TIMEOUT:
+        raise OptionError(f"{key}={value}: must be 0 (off) or at least {MIN_HANG_TIMEOUT} seconds")
+    return seconds
+
+
 def _absolute_path(key: str, value: str) -> str:
     if not os.path.isabs(value):
         raise OptionError(f"{key}={value}: must be an absolute path")
@@ -184,6 +196,7 @@ VALUE_OPTIONS: dict[str, Callable[[str, str], Any]] = {
     "max_entries": _count,
     "max_file_size": _size,
     "max_depth": _count,
+    "hang_timeout": _hang_timeout,
 }
 
 

@@ -94,6 +94,9 @@ class MountStatus:
     rss_bytes: int = _metric("lockfs_resident_memory_bytes", "gauge", "Daemon resident memory.")
     #: The mount options in force.
     options: MountOptions
+    #: Where the daemon's next log line goes, and where earlier ones went if elsewhere
+    #: (lockfs.logs): "syslog (/dev/log)", "journal (...)", a file under /run/lockfs, "stderr".
+    log: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document the control socket sends and ``lockfs status --json`` prints."""
@@ -169,6 +172,7 @@ def format_text(status: MountStatus) -> str:
         f"requests         {total} ({by_type or 'none'})",
         f"faults           {status.faults} (handler errors answered with EIO)",
         f"memory           {status.rss_bytes / 2**20:.1f} MiB resident",
+        f"log              {status.log or 'unknown (the daemon predates this field)'}",
         f"options          {options}",
         f"kernel flags     {kernel_flags}",
     ]

@@ -211,6 +211,38 @@ def test_open_and_release_count_handles(table: NodeTable, clock: FakeClock) -> N
 def test_open_unknown_inode_fails(table: NodeTable) -> None:
     """Opening an inode the table does not have gives ENOENT."""
     fails(errno.ENOENT, table.open, 42)
+    fails(errno.ENOENT, table.opendir, 42)
+
+
+def test_open_and_opendir_check_the_kind(table: NodeTable) -> None:
+    """OPEN of a directory gives EISDIR, OPENDIR of a file ENOTDIR; neither takes a handle."""
+    d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
+    f = make_file(table, b"f")
+    fails(errno.EISDIR, table.open, d.ino)
+    fails(errno.EISDIR, table.open, d.ino, truncate=True)
+    fails(errno.ENOTDIR, table.opendir, f.ino)
+    assert d.opens == 0 and f.opens == 0 and table.open_count == 0
+    assert table.opendir(d.ino) is d and d.opens == 1
+    table.check()
+
+
+def test_open_with_truncate_empties_and_marks_times(table: NodeTable, clock: FakeClock) -> None:
+    """O_TRUNC empties a file and updates mtime and ctime, also when it was empty already
+    (POSIX; tmpfs does the same); the emptied file is idle again once released."""
+    for data in (b"journal line\n", b""):
+        f = make_file(table, b"f" + data[:1], data=data)
+        mtime, ctime, atime = f.mtime_ns, f.ctime_ns, f.atime_ns
+        assert table.open(f.ino, truncate=True) is f
+        assert f.size == 0 and f.data is None and f.opens == 1
+        assert f.mtime_ns > mtime and f.ctime_ns > ctime and f.atime_ns == atime
+        table.release(f.ino)
+        clock.advance(FILE_DELAY)
+        assert table.due() == [f]
+    g = make_file(table, b"g", data=b"kept")
+    mtime = g.mtime_ns
+    table.open(g.ino)  # without O_TRUNC nothing changes
+    assert table.read(g.ino, 0, 10) == b"kept" and g.mtime_ns == mtime
+    table.check()
 
 
 def test_create_in_file_or_missing_directory(table: NodeTable) -> None:
@@ -257,7 +289,7 @@ def test_mkdir_and_rmdir(table: NodeTable) -> None:
 def test_removed_directory_lives_on_while_referenced(table: NodeTable) -> None:
     """A removed directory the kernel still knows stays, refuses new entries (ENOENT)."""
     d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
-    table.open(d.ino)  # a process has it open (opendir, or it is its cwd)
+    table.opendir(d.ino)  # a process has it open (opendir, or it is its cwd)
     table.rmdir(ROOT_INO, b"d")
     assert table.nodes[d.ino] is d and d.parent is None
     fails(errno.ENOENT, table.create, d.ino, b"x", 0o644, UID, GID)
@@ -768,7 +800,7 @@ def test_directory_emptied_by_unlink_or_rename(table: NodeTable, clock: FakeCloc
 def test_open_directory_is_not_due(table: NodeTable, clock: FakeClock) -> None:
     """An empty directory with an open handle (opendir) is not idle."""
     d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
-    table.open(d.ino)
+    table.opendir(d.ino)
     clock.advance(DIR_GRACE * 3)
     assert table.due() == []
     table.release(d.ino)
@@ -896,6 +928,52 @@ def test_listing_skips_entries_removed_while_listing(table: NodeTable) -> None:
     table.unlink(ROOT_INO, b"b")
     got += [name for name, _, _ in listing]
     assert got == [b".", b"..", b"a", b"c"]
+
+
+def test_listed_entries_are_referenced_but_not_used(table: NodeTable, clock: FakeClock) -> None:
+    """A readdirplus entry takes a kernel reference but keeps the entry's last use, so an
+    entry listed over and over still becomes due after its delay (and goes on FORGET)."""
+    d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
+    f = make_file(table, b"f", d.ino)
+    sub = table.mkdir(d.ino, b"sub", 0o755, UID, GID)
+    last_used = f.last_used
+    for _ in range(10):  # `ls` every 100 ms for twice the delay
+        clock.advance(0.1)
+        for name, node, _ in table.listing(d.ino, 0):
+            if name not in (b".", b".."):
+                table.listed(node)
+    assert f.last_used == last_used and f.lookups == 11
+    assert table.due() == [f]  # the directory's own listing was a use; its entries' not
+    kernel_forgets(table, f)
+    assert f.ino not in table.nodes
+    clock.advance(DIR_GRACE)
+    assert table.due() == [sub]  # listed, never used since its creation
+    table.check()
+
+
+def test_entry_listed_after_being_handed_out_is_queued_again(
+    table: NodeTable, clock: FakeClock
+) -> None:
+    """due() hands a node out; a listing takes a new reference that the invalidation may not
+    cover (the kernel forgets only the old ones): the node is queued again, keeping its last
+    use, and handed out again so that the new reference is invalidated too."""
+    f = make_file(table, b"f")
+    g = make_file(table, b"g")
+    clock.advance(FILE_DELAY)
+    assert table.due() == [f, g]
+    assert table.idle_count == 0
+    table.listed(f)
+    table.listed(f)  # listed twice: queued once
+    assert table.idle_count == 1
+    table.forget(f.ino, 1)  # the FORGET for the reference the invalidation covered
+    assert f.lookups == 2 and table.nodes[f.ino] is f
+    assert table.due() == [f]
+    kernel_forgets(table, f)
+    assert f.ino not in table.nodes
+    h = make_file(table, b"h", data=b"x")
+    table.listed(h)  # not idle: not queued
+    assert table.idle_count == 0
+    table.check()
 
 
 def test_listing_is_a_use_of_the_directory(table: NodeTable, clock: FakeClock) -> None:

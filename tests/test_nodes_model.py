@@ -54,24 +54,30 @@ def _delay(shadow: Shadow) -> float:
     return DIR_GRACE if shadow.is_dir else FILE_DELAY
 
 
-def drain(
-    table: NodeTable, clock: FakeClock, lookups: dict[int, int], opens: dict[int, int]
-) -> None:
-    """Release every handle, forget every lookup, then let time pass until due() settles."""
+def drain(table: NodeTable, clock: FakeClock, opens: dict[int, int]) -> None:
+    """Every process goes away; the kernel keeps its entries until the table asks for them.
+
+    Handles are released and unlinked nodes forgotten (the kernel drops their dentries by
+    itself); then time passes and the kernel honours every invalidation: each node due()
+    hands out is forgotten. So this only empties the table if the table never loses track of
+    an idle node the kernel still references (one it would otherwise keep until memory
+    pressure).
+    """
     for ino, count in opens.items():
         for _ in range(count):
             table.release(ino)
-    for ino, count in lookups.items():
-        if count:
-            table.forget(ino, count)
-    for _ in range(len(table.nodes) + 2):
+    for node in list(table.nodes.values()):
+        if node.parent is None and node.lookups:
+            table.forget(node.ino, node.lookups)
+    for _ in range(2 * len(table.nodes) + 2):
         before = len(table.nodes)
         clock.advance(max(FILE_DELAY, DIR_GRACE))
-        assert table.due() == []  # nothing is referenced: due() drops, never hands out
-        if len(table.nodes) == before:
+        for node in table.due():
+            table.forget(node.ino, node.lookups)
+        if len(table.nodes) == before and not table.idle_count:
             break
     else:
-        raise AssertionError("due() kept dropping nodes")
+        raise AssertionError("due() kept handing out or dropping nodes")
 
 
 class NodeTableMachine(RuleBasedStateMachine):
@@ -350,11 +356,10 @@ class NodeTableMachine(RuleBasedStateMachine):
         rest = [(n, node.ino, c) for n, node, c in self.table.listing(directory, cookies[cut])]
         assert rest == full[cut + 1 :]
         self.used(directory)
-        if plus:
+        if plus:  # each entry is a lookup, but not a use (lockfs.fuse_ops readdir)
             for name, ino, _ in full[2:]:
-                self.table.remember(self.table.nodes[ino])
+                self.table.listed(self.table.nodes[ino])
                 self.lookups[ino] = self.lookups.get(ino, 0) + 1
-                self.used(ino)
                 assert self.table.nodes[ino].name == name
 
     # ------------------------------------------------------------- references
@@ -389,16 +394,18 @@ class NodeTableMachine(RuleBasedStateMachine):
 
     @rule(p=PICK, trunc=st.booleans())
     def open(self, p: int, trunc: bool) -> None:
-        """OPEN (maybe with O_TRUNC, as the adapter does it) or OPENDIR a known inode."""
+        """OPEN (maybe with O_TRUNC) a known file or OPENDIR a known directory."""
         ino = self.pick(self.lookups_held(), p)
         assert ino is not None
-        node = self.table.open(ino)
+        if self.shadow[ino].is_dir:
+            node = self.table.opendir(ino)
+        else:
+            node = self.table.open(ino, truncate=trunc)
+            if trunc:
+                self.shadow[ino].data.clear()
         assert node.ino == ino
         self.opens[ino] = self.opens.get(ino, 0) + 1
         self.used(ino)
-        if trunc and node.data:  # lockfs.fuse_ops.LockOperations.open
-            self.table.truncate(node, 0)
-            self.shadow[ino].data.clear()
 
     @rule(p=PICK)
     def release(self, p: int) -> None:
@@ -461,11 +468,17 @@ class NodeTableMachine(RuleBasedStateMachine):
         """Time passes."""
         self.clock.advance(seconds)
 
-    @rule(seconds=st.sampled_from([0.0, 1.0, 3.0]), race=st.booleans())
-    def reclaim(self, seconds: float, race: bool) -> None:
+    @rule(
+        seconds=st.sampled_from([0.0, 1.0, 3.0]),
+        race=st.booleans(),
+        listed=st.booleans(),
+    )
+    def reclaim(self, seconds: float, race: bool, listed: bool) -> None:
         """Time passes, due(), then the kernel invalidates every returned entry not open.
 
         With ``race``, a process opens each returned node before the invalidation arrives.
+        With ``listed``, a readdirplus reply for it is processed only after the kernel has
+        forgotten the old references: the kernel keeps the listing's one.
         """
         self.clock.advance(seconds)
         for node in self.table.due():
@@ -476,12 +489,16 @@ class NodeTableMachine(RuleBasedStateMachine):
             assert not shadow.data and not self.children(node.ino)
             assert self.now - shadow.last_use >= _delay(shadow), "handed out before its delay"
             if race:
-                self.table.open(node.ino)
+                (self.table.opendir if node.is_dir else self.table.open)(node.ino)
                 self.opens[node.ino] = 1
                 self.used(node.ino)
+            if listed:
+                self.table.listed(node)
             if not self.opens.get(node.ino):
                 self.table.forget(node.ino, self.lookups[node.ino])
                 self.lookups[node.ino] = 0
+            if listed:
+                self.lookups[node.ino] = self.lookups.get(node.ino, 0) + 1
 
     # ------------------------------------------------------------- invariants
 
@@ -539,7 +556,7 @@ class NodeTableMachine(RuleBasedStateMachine):
         """On a copy: once every reference is gone, only data files and their parents stay."""
         table, clock = copy.deepcopy((self.table, self.clock))
         assert table.clock is clock
-        drain(table, clock, self.lookups, self.opens)
+        drain(table, clock, self.opens)
         table.check()
         keep = {ROOT_INO}
         for ino, shadow in self.shadow.items():

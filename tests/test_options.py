@@ -23,6 +23,7 @@ def test_defaults() -> None:
     opts = parse_options([])
     assert (opts.uid, opts.gid, opts.mode) == (0, 0, 0o755)
     assert (opts.reclaim_delay, opts.dir_grace, opts.debug) == (0.5, 10.0, False)
+    assert opts.hang_timeout == 30.0
     assert opts.kernel_flags == []
     assert opts.fuse_options("lockfs") == {*ALWAYS, "fsname=lockfs", "subtype=lockfs"}
 
@@ -59,6 +60,12 @@ def test_several_option_strings_and_empty_items() -> None:
     opts = parse_options(["uid=1", " gid=2 ,, ", "", "mode=700,reclaim_delay=0,dir_grace=2.5"])
     assert (opts.uid, opts.gid, opts.mode) == (1, 2, 0o700)
     assert (opts.reclaim_delay, opts.dir_grace) == (0.0, 2.5)
+
+
+def test_hang_timeout() -> None:
+    assert parse_options(["hang_timeout=0"]).hang_timeout == 0.0  # off
+    assert parse_options(["hang_timeout=0.5"]).hang_timeout == 0.5
+    assert parse_options(["hang_timeout=120"]).hang_timeout == 120.0
 
 
 def test_later_options_win() -> None:
@@ -104,6 +111,9 @@ def test_parses_into_given_options() -> None:
         ("mode=17777", "out of range"),
         ("reclaim_delay=soon", "not a number of seconds"),
         ("dir_grace=-1", "between 0 and 86400"),
+        ("hang_timeout=0.1", "must be 0 \\(off\\) or at least 0.5 seconds"),
+        ("hang_timeout=never", "not a number of seconds"),
+        ("hang_timeout=-5", "between 0 and 86400"),
         ("auto_unmount", "new callers could take locks that old holders still hold"),
         ("nonempty", "never mounts over a non-empty directory"),
         ("remount", "remount is not supported"),

@@ -6,6 +6,8 @@ import errno
 import os
 import stat
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,42 @@ def test_inode_numbers_never_reused(mnt: Mount) -> None:
         os.close(fd)
         wait_for(lambda: not (mnt / "lock").exists() and mnt.status().nodes == 1, 10, "reclaim")
     assert seen == sorted(set(seen))
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real tmpfs, mounted for the test and unmounted afterwards."""
+    path = tmp_path / "tmpfs"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", path], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", path], check=True)
+
+
+def _truncate_times(path: Path) -> tuple[bool, bool, bool, bool, int]:
+    """``: > path`` on an existing empty file: which of its times change (mtime, ctime,
+    atime), whether mtime equals ctime afterwards, and the size."""
+    path.touch()
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # both far in the past
+    before = os.stat(path)
+    # Let the clock pass the ctime that utime set, so that a new ctime is visibly newer.
+    wait_for(lambda: time.time_ns() > before.st_ctime_ns + 20_000_000, 5, "the clock to move")
+    subprocess.run(["sh", "-c", ': > "$1"', "sh", path], check=True)
+    after = os.stat(path)
+    return (
+        after.st_mtime_ns > before.st_mtime_ns,
+        after.st_ctime_ns > before.st_ctime_ns,
+        after.st_atime_ns != before.st_atime_ns,
+        after.st_mtime_ns == after.st_ctime_ns,
+        after.st_size,
+    )
+
+
+def test_o_trunc_of_an_empty_file_updates_times_like_tmpfs(mnt: Mount, tmpfs: Path) -> None:
+    """POSIX: open(O_TRUNC) of an existing regular file marks mtime and ctime for update,
+    even when it is empty (the `9>lockfile` idiom). lockfs changes them as tmpfs does."""
+    on_tmpfs = _truncate_times(tmpfs / "lock")
+    assert on_tmpfs == (True, True, False, True, 0)
+    assert _truncate_times(mnt / "lock") == on_tmpfs

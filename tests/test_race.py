@@ -1,7 +1,8 @@
 """Many processes racing for a few names with PBS's sequence, plain flock and unlink-before-unlock.
 
 Zero overlaps of exclusive holders and zero lost journal lines, on a mount whose reclaim runs
-constantly underneath (a very short reclaim delay makes idle names vanish between cycles).
+constantly underneath (a very short reclaim delay makes idle names vanish between cycles), with
+the hang watchdog at its shortest setting (it must never trip on a busy daemon).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from support import HELPERS, MakeMount
 
+from lockfs.options import MIN_HANG_TIMEOUT
+
 WORKERS = ["pbs", "pbs", "guard", "guard", "plain", "plain"]
 SECONDS = "4"
 
@@ -19,7 +22,7 @@ SECONDS = "4"
 def test_race_has_no_overlaps_and_loses_no_journal_lines(
     make_mount: MakeMount, tmp_path: Path
 ) -> None:
-    mnt = make_mount("reclaim_delay=0.01,dir_grace=0.05")
+    mnt = make_mount(f"reclaim_delay=0.01,dir_grace=0.05,hang_timeout={MIN_HANG_TIMEOUT}")
     markers = tmp_path / "markers"
     markers.mkdir()
     procs = [
@@ -42,3 +45,4 @@ def test_race_has_no_overlaps_and_loses_no_journal_lines(
         journal.write_bytes(b"")
     status = mnt.wait_reclaimed(15)
     assert status.open == 0
+    assert mnt.proc.poll() is None and "daemon hung" not in mnt.log_text()

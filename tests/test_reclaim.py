@@ -121,6 +121,36 @@ def test_listing_does_not_make_entries_immortal(mnt: Mount) -> None:
     assert os.listdir(mnt.path) == []
 
 
+#: Lists $1 and $2 every 100 ms, printing how many entries $2 had.
+LS_LOOP = 'while :; do ls "$1" > /dev/null && ls "$2" | wc -l || exit 1; sleep 0.1; done'
+
+
+def test_listing_every_100ms_does_not_keep_entries(mnt: Mount) -> None:
+    """`watch -n 0.1 ls`: every readdirplus entry is a kernel reference, but not a use, so
+    closed files vanish within their bound while the directory is listed over and over. The
+    listed directory itself is used by the walk into it and stays; an empty directory that
+    is only listed as an entry of its parent goes after its grace period."""
+    (mnt / "d").mkdir()
+    (mnt / "e").mkdir()
+    for i in range(20):
+        (mnt / f"d/lock{i:02d}").touch()
+    lister = mnt.spawn("sh", "-c", LS_LOOP, "sh", mnt.path, mnt / "d")
+    assert int(lister.stdout.readline()) == 20  # the first listing saw them all
+    readdirs = mnt.status().requests["readdir"]
+    # Bound: reclaim_delay + half of it (0.3 s) after the last use, plus one more delay
+    # when a listing races with the invalidation; the lister keeps going meanwhile.
+    wait_for(lambda: mnt.status().files == 0, 2, "the listed files to vanish")
+    # Dir grace 1 s (+0.5 s): e, only ever an entry of the listed root, goes too.
+    wait_for(lambda: mnt.status().dirs == 2, 3, "the unused, listed directory to vanish")
+    assert lister.poll() is None
+    assert mnt.status().requests["readdir"] > readdirs + 10  # still listing
+    assert os.listdir(mnt.path) == ["d"] and os.listdir(mnt / "d") == []
+    lister.kill()
+    out, _ = lister.communicate(timeout=10)
+    assert int(out.split()[-1]) == 0  # its last listing found d empty
+    mnt.wait_reclaimed(5)
+
+
 def test_directory_in_use_as_cwd_is_kept(mnt: Mount) -> None:
     (mnt / "a/b").mkdir(parents=True)
     script = textwrap.dedent(

@@ -16,7 +16,7 @@ from lockfs.status import MountStatus, format_text
 STABLE_KEYS = {
     "mountpoint", "pid", "uptime_s", "nodes", "files", "dirs", "open", "referenced",
     "reclaim_backlog", "created", "reclaimed", "invalidations", "requests", "faults",
-    "rss_bytes", "options",
+    "rss_bytes", "options", "log",
 }  # fmt: skip
 STABLE_OPTION_KEYS = {
     "uid", "gid", "mode", "reclaim_delay", "dir_grace", "debug", "kernel_flags", "metrics_file",
@@ -43,6 +43,7 @@ def sample(**changes: Any) -> MountStatus:
         faults=0,
         rss_bytes=25 << 20,
         options=options,
+        log="syslog (/dev/log)",
     )
     values.update(changes)
     return MountStatus(**values)
@@ -84,6 +85,7 @@ def test_text_shows_names_flags_and_durations() -> None:
     assert by_label["options"].startswith("uid=backup, gid=backup, mode=0750, reclaim_delay=0.5")
     assert "debug" not in by_label["options"] and "metrics_file" not in by_label["options"]
     assert by_label["kernel flags"] == "rw, nosuid, nodev"
+    assert by_label["log"] == "syslog (/dev/log)"
     assert "[" not in text and "]" not in text
 
 

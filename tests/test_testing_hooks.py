@@ -23,7 +23,18 @@ def test_hooks_are_parsed() -> None:
         hook("lookup", (1, FAULT_NAME))
 
 
-@pytest.mark.parametrize("value", ["fault", "startup=nonsense", "fault-entry=1", "startup"])
+def test_log_socket_hooks() -> None:
+    hooks = from_environment({"LOCKFS_TEST_HOOKS": "syslog=/tmp/x/log,journal=/tmp/x/journal"})
+    assert hooks.log_sockets() == {
+        "syslog_socket": "/tmp/x/log",
+        "journal_socket": "/tmp/x/journal",
+    }
+    assert NO_HOOKS.log_sockets() == {}
+
+
+@pytest.mark.parametrize(
+    "value", ["fault", "startup=nonsense", "fault-entry=1", "startup", "syslog", "journal=rel"]
+)
 def test_unknown_hooks_are_refused(value: str) -> None:
     with pytest.raises(HookError, match="unknown test hook"):
         from_environment({"LOCKFS_TEST_HOOKS": value})

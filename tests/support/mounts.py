@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import pytest
 
 from lockfs.control import ControlError, query_status, remove_stale_sockets, socket_path
+from lockfs.logs import log_path
 from lockfs.mounts import entries_at, is_lockfs_mounted, umount
 from lockfs.status import MountStatus
 
@@ -395,6 +396,13 @@ class Daemons(Processes):
         finally:
             # Daemons that were killed leave their control sockets behind.
             remove_stale_sockets([socket_path(os.path.realpath(path)) for path in self.paths])
+            # Without syslog (as on the test machine) each daemon's lines go to a file under
+            # /run/lockfs that outlives it, as it should for an administrator; not for tests.
+            for path in self.paths:
+                log_file = log_path(os.path.realpath(path))
+                for name in (log_file, f"{log_file}.1"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name)
             _set_subreaper(False)
 
     def _unmount_all(self, path: str) -> None:

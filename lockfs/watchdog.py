@@ -1,0 +1,271 @@
+"""The hang watchdog: a stuck daemon fails closed within a bound instead of hanging its callers.
+
+Every process that touches the lock directory waits in the kernel until the daemon answers; a
+handler that blocks or spins (a bug, a deadlock in the kernel, a stuck system call) would hang
+them all, and lock timeouts cannot help: they only interrupt ``flock``, not the OPEN or LOOKUP
+before it. So an OS thread, independent of the trio loop, watches two signs of progress:
+
+* the *heartbeat*, a counter a trio task increments every ``interval / 2``: it stops when the
+  loop stops running (a handler blocked in a system call or spinning);
+* the *request in service*: the adapter stores each request's arguments (one tuple, a new
+  object per request) before running its handler and clears them afterwards. The same object
+  seen for ``hang_timeout`` means one request has been in service that long, also when the
+  loop itself still runs (a handler awaiting something that never comes, with the single
+  worker task blocked). Identity is safe: the watchdog keeps a reference to the tuple it saw,
+  so no later request's tuple can reuse its address.
+
+Either stuck for ``hang_timeout`` seconds (as observed by the watchdog, which samples every
+``interval = min(hang_timeout / 10, 1 s)``), and the daemon fails closed:
+
+1. one log line names what was stuck and for how long (written by a helper thread and waited
+   for at most :data:`LOG_GRACE` seconds, in case the stuck thread holds the logger's lock);
+2. the FUSE connection is aborted through fusectl (``/sys/fs/fuse/connections/<dev>/abort``):
+   every waiting and future request fails at once (ECONNABORTED, then ENOTCONN). Where
+   fusectl is not mounted, a short-lived child mounts it in a private mount namespace (no trace
+   on the host) to write the same file. Aborting matters when the stuck thread sits in an
+   uninterruptible wait (a synchronous invalidation from a handler waits for a directory lock
+   held by a caller that waits for this very daemon): such a process cannot exit until the
+   connection is aborted;
+3. the process ends (``os._exit(EXIT_HUNG)``); the kernel aborts the connection anyway when
+   the last descriptor of ``/dev/fuse`` goes. The mount then answers ENOTCONN like a crashed
+   daemon's: recovery is a restart of the mount unit.
+
+A busy daemon never trips it: each request's tuple is a new object and the heartbeat runs
+between requests. If the watchdog thread itself was not scheduled for a while (the whole
+process stopped by SIGSTOP, a VM paused), it restarts its observation rather than blame the
+loop for time it did not run either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from . import logs
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a daemon that failed closed because it was stuck (EX_SOFTWARE).
+EXIT_HUNG = 70
+#: How long the watchdog waits for its log line before it aborts anyway.
+LOG_GRACE = 2.0
+#: How long the abort through fusectl may take.
+ABORT_TIMEOUT = 5.0
+FUSECTL = "/sys/fs/fuse/connections"
+
+#: Run by the child that aborts the connection where fusectl is not mounted: a private mount
+#: namespace (propagation private, so nothing shows on the host), fusectl mounted in it, then
+#: the connection's abort file written.
+_PRIVATE_ABORT = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNS, MS_REC, MS_PRIVATE = 0x20000, 0x4000, 0x40000
+if (libc.unshare(CLONE_NEWNS)
+        or libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None)
+        or libc.mount(b"fusectl", sys.argv[1].encode(), b"fusectl", 0, None)):
+    sys.exit(os.strerror(ctypes.get_errno()))
+with open(os.path.join(sys.argv[1], sys.argv[2], "abort"), "w") as abort:
+    abort.write("1")
+"""
+
+
+class RequestState(Protocol):
+    """What the adapter exposes about the request it is serving (see lockfs.fuse_ops)."""
+
+    serving_name: str
+    serving_args: tuple[Any, ...] | None
+
+
+@dataclass(frozen=True)
+class Stall:
+    """What the watchdog found stuck: a request (its arguments) or, with ``args`` None, the
+    event loop outside any request; ``seconds`` is a lower bound."""
+
+    seconds: float
+    args: tuple[Any, ...] | None = None
+
+
+class StallDetector:
+    """Decides from periodic samples whether the loop or one request is stuck.
+
+    ``observe`` is called every ``interval`` seconds with the current monotonic time, the
+    heartbeat counter and the arguments of the request in service (or None).
+    """
+
+    def __init__(self, timeout: float, interval: float) -> None:
+        self.timeout = timeout
+        self.interval = interval
+        self._last_sample: float | None = None
+        self._beats = -1
+        self._loop_since = 0.0
+        self._request: tuple[Any, ...] | None = None
+        self._request_since = 0.0
+
+    def observe(self, now: float, beats: int, serving: tuple[Any, ...] | None) -> Stall | None:
+        late = self._last_sample is not None and now - self._last_sample > 2 * self.interval + 1
+        self._last_sample = now
+        if late:  # the watchdog did not run either: do not count that time against the loop
+            self._loop_since = self._request_since = now
+        if beats != self._beats:
+            self._beats = beats
+            self._loop_since = now
+        if serving is None or serving is not self._request:
+            self._request = serving
+            self._request_since = now
+        # A loop that stopped while a request is in service stopped inside that request (one
+        # worker task; the adapter clears the request before anything else runs), even if
+        # the last heartbeat was seen before the request was.
+        stuck_since = self._loop_since
+        if self._request is not None:
+            stuck_since = min(stuck_since, self._request_since)
+        if now - stuck_since >= self.timeout:
+            return Stall(now - stuck_since, args=self._request)
+        return None
+
+
+def check_interval(timeout: float) -> float:
+    """How often the watchdog samples (the heartbeat runs twice as often)."""
+    return min(timeout / 10, 1.0)
+
+
+def fusectl_name(dev: int) -> str:
+    """The fusectl directory of the FUSE connection whose mount has device number ``dev``
+    (the kernel names it after its own dev_t: major << 20 | minor)."""
+    return str((os.major(dev) << 20) | os.minor(dev))
+
+
+def describe_request(ops: object, name: str, args: tuple[Any, ...]) -> str:
+    """``lookup(parent_inode=1, name=b'x', ctx=pid 42 uid 0)``: the handler's parameter names
+    with the values it was called with (a request context as its caller's pid and uid)."""
+    try:
+        params = list(inspect.signature(getattr(type(ops), name)).parameters)[1:]
+    except (AttributeError, TypeError, ValueError):
+        params = []
+    parts = []
+    for i, value in enumerate(args):
+        if hasattr(value, "pid") and hasattr(value, "uid"):
+            text = f"pid {value.pid} uid {value.uid}"
+        else:
+            text = repr(value)
+            if len(text) > 200:
+                text = text[:200] + "…"
+        parts.append(f"{params[i]}={text}" if i < len(params) else text)
+    return f"{name}({', '.join(parts)})"
+
+
+class Watchdog:
+    """Watches one daemon's loop and requests from an OS thread; fails closed on a hang."""
+
+    def __init__(
+        self,
+        timeout: float,
+        requests: RequestState,
+        *,
+        mountpoint: str,
+        device: Callable[[], int],
+        abort: bool = True,
+        exit: Callable[[int], None] = os._exit,
+    ) -> None:
+        self.timeout = timeout
+        self.interval = check_interval(timeout)
+        self.requests = requests
+        self.mountpoint = mountpoint
+        #: Finds the mount's device number without touching the mount (from mountinfo).
+        self._device = device
+        #: Whether to abort through fusectl before exiting (tests turn it off to show that
+        #: ending the process alone aborts the connection).
+        self.abort = abort
+        self._exit = exit
+        self.detector = StallDetector(timeout, self.interval)
+        #: Incremented by the heartbeat task while the trio loop runs.
+        self.beats = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connection: str | None = None
+
+    async def heartbeat(self) -> None:
+        """Trio task: show the watchdog that the loop runs."""
+        while True:
+            self.beats += 1
+            await trio.sleep(self.interval / 2)
+
+    def start(self) -> None:
+        try:
+            self._connection = fusectl_name(self._device())
+        except OSError as exc:
+            log.warning("hang watchdog: FUSE connection of %s not found (%s)", self.mountpoint, exc)
+        self._thread = threading.Thread(target=self._run, name="lockfs-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            stall = self.detector.observe(time.monotonic(), self.beats, self.requests.serving_args)
+            if stall is not None and not self._stop.is_set():
+                self.fail_closed(stall)
+                return
+
+    def message(self, stall: Stall) -> str:
+        if stall.args is not None:
+            request = describe_request(self.requests, self.requests.serving_name, stall.args)
+            what = f"request {request} has been in service for {stall.seconds:.1f} s"
+        else:
+            what = f"the event loop has made no progress for {stall.seconds:.1f} s"
+        return (
+            f"daemon hung: {what} (hang_timeout={self.timeout:g}); failing closed: aborting the "
+            f"FUSE connection of {self.mountpoint} (callers get ENOTCONN) and exiting with "
+            f"status {EXIT_HUNG}; remount it (stop the lock holders, umount, mount again)"
+        )
+
+    def fail_closed(self, stall: Stall) -> None:
+        """Log one line, abort the FUSE connection, end the process."""
+        message = self.message(stall)
+
+        def emit() -> None:
+            log.critical(message)
+            logs.flush()
+
+        writer = threading.Thread(target=emit, name="lockfs-watchdog-log", daemon=True)
+        writer.start()
+        writer.join(LOG_GRACE)
+        if self.abort and self._connection is not None:
+            abort_connection(self._connection)
+        self._exit(EXIT_HUNG)
+
+
+def abort_connection(connection: str) -> bool:
+    """Abort FUSE connection ``connection`` through fusectl, mounting it privately if it is
+    not mounted here. Whether the abort file was written."""
+    abort = os.path.join(FUSECTL, connection, "abort")
+    if os.path.exists(abort):
+        with contextlib.suppress(OSError), open(abort, "w") as file:
+            file.write("1")
+            return True
+        return False
+    try:
+        child = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _PRIVATE_ABORT, FUSECTL, connection],
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=ABORT_TIMEOUT,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return child.returncode == 0

@@ -1,0 +1,271 @@
+"""The hang watchdog: a stuck daemon fails closed within hang_timeout, a busy one never trips.
+
+The decision logic is tested on made-up samples; the rest on real mounts, where a test-only
+fault blocks a handler (the loop stops) or makes it call the synchronous invalidation (a real
+deadlock in the kernel), while real client processes wait for the daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import Daemons, Mount, wait_for
+
+from lockfs import logs, watchdog
+from lockfs.mounts import is_lockfs_mounted
+from lockfs.watchdog import EXIT_HUNG, Stall, StallDetector, Watchdog
+
+TIMEOUT = 1.0
+#: What the daemon may take beyond hang_timeout: sampling (twice hang_timeout / 10), the log
+#: line, the abort and the exit — on a machine that runs other tests at the same time.
+MARGIN = 2.0
+#: errno of a request the abort ended (ECONNABORTED) or one sent after it (ENOTCONN).
+ABORTED = {errno.ECONNABORTED, errno.ENOTCONN}
+
+
+# --- The decision, on made-up samples ----------------------------------------------------------
+
+
+def test_a_busy_daemon_never_trips() -> None:
+    """A new request every sample (each with its own argument tuple), or none, while the
+    heartbeat moves: no stall however long it goes on."""
+    detector = StallDetector(timeout=0.5, interval=0.05)
+    now, beats = 0.0, 0
+    for i in range(10_000):
+        now += 0.05
+        beats += i % 2  # the heartbeat runs at half the sampling interval, unevenly
+        serving = None if i % 3 == 0 else (1, b"name", i)
+        assert detector.observe(now, beats, serving) is None
+
+
+def test_a_request_in_service_too_long_trips_even_while_the_loop_runs() -> None:
+    detector = StallDetector(timeout=1.0, interval=0.125)
+    stuck = (1, b"__lockfs_hang__")
+    for beats in range(8):  # first seen at 0, in service for 0.875 s
+        assert detector.observe(beats * 0.125, beats, stuck) is None
+    later = tuple(list(stuck))  # an equal but new request: its time starts afresh
+    for beats in range(8, 16):
+        assert detector.observe(beats * 0.125, beats, later) is None
+    assert detector.observe(2.0, 16, later) == Stall(1.0, args=later)
+
+
+def test_a_stopped_loop_trips_outside_any_request() -> None:
+    detector = StallDetector(timeout=1.0, interval=0.125)
+    for step in range(8):
+        assert detector.observe(step * 0.125, 5, None) is None
+    assert detector.observe(1.0, 5, None) == Stall(1.0)
+
+
+def test_a_loop_stopped_inside_a_request_names_the_request() -> None:
+    """The heartbeat's last change was seen a sample before the request was: the stall
+    counts from the heartbeat, and names the request in service."""
+    detector = StallDetector(timeout=1.0, interval=0.125)
+    assert detector.observe(0.0, 7, None) is None
+    stuck = (1, b"__lockfs_deadlock__")
+    for step in range(1, 8):
+        assert detector.observe(step * 0.125, 7, stuck) is None
+    assert detector.observe(1.0, 7, stuck) == Stall(1.0, args=stuck)
+
+
+def test_time_the_watchdog_did_not_run_is_not_blamed_on_the_loop() -> None:
+    """A process stopped (SIGSTOP) or a VM paused: the watchdog wakes late and starts over."""
+    detector = StallDetector(timeout=1.0, interval=0.1)
+    stuck = (1, b"x")
+    assert detector.observe(0.0, 1, stuck) is None
+    assert detector.observe(30.0, 1, stuck) is None  # 30 s later: the watchdog was not running
+    assert detector.observe(30.5, 1, stuck) is None
+    assert detector.observe(31.0, 1, stuck) is not None  # then stuck for a full timeout
+
+
+def test_the_stall_line_names_the_request_and_its_caller(caplog: pytest.LogCaptureFixture) -> None:
+    class Ctx:
+        pid, uid = 4242, 34
+
+    class Ops:
+        serving_name = "lookup"
+        serving_args: tuple[Any, ...] | None = None
+
+        async def lookup(self, parent_inode: int, name: bytes, ctx: object) -> None: ...
+
+    exits: list[int] = []
+    dog = Watchdog(1.0, Ops(), mountpoint="/run/locks", device=lambda: 0, exit=exits.append)
+    args = (1, b"vm-100", Ctx())
+    with caplog.at_level(logging.CRITICAL):
+        dog.fail_closed(Stall(1.04, args=args))
+    assert exits == [EXIT_HUNG]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "lockfs.watchdog"]
+    assert line.startswith(
+        "daemon hung: request lookup(parent_inode=1, name=b'vm-100', ctx=pid 4242 uid 34) "
+        "has been in service for 1.0 s (hang_timeout=1); failing closed: aborting the FUSE "
+        "connection of /run/locks"
+    )
+    assert "\n" not in line
+    loop = dog.message(Stall(2.0))
+    assert loop.startswith("daemon hung: the event loop has made no progress for 2.0 s")
+
+
+def test_fusectl_names_connections_by_the_kernels_device_number() -> None:
+    assert watchdog.fusectl_name(os.makedev(0, 39)) == "39"
+    assert watchdog.fusectl_name(os.makedev(8, 1)) == str((8 << 20) | 1)
+
+
+# --- Real mounts ---------------------------------------------------------------------------
+
+CLIENT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    op, path = sys.argv[1:3]
+    start = time.monotonic()
+    try:
+        if op == "statvfs":
+            os.statvfs(path)
+        else:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+        code = 0
+    except OSError as exc:
+        code = exc.errno
+    print(json.dumps({"errno": code, "seconds": time.monotonic() - start}), flush=True)
+    """
+)
+
+
+def fusectl_mount_count() -> int:
+    return Path("/proc/self/mountinfo").read_text().count(" - fusectl ")
+
+
+def waiting_for_fuse(pid: int) -> bool:
+    """Whether process ``pid`` waits in the kernel for a FUSE answer."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text() == "request_wait_answer"
+    except OSError:
+        return False
+
+
+def clients_against_a_stuck_daemon(
+    runner: Daemons | Mount, path: Path, fault: str
+) -> list[dict[str, Any]]:
+    """One client trips the fault; once it waits, three more send other requests. Every one
+    must come back (none is left stuck); returns what each got, the tripping one first."""
+    (path / "lock").touch()  # an existing lock file: opening it is an OPEN only
+    stuck = runner.spawn(sys.executable, "-c", CLIENT, "open", path / fault)
+    wait_for(lambda: waiting_for_fuse(stuck.pid), 5, "the first client to wait for the daemon")
+    others = [
+        runner.spawn(sys.executable, "-c", CLIENT, op, target)
+        for op, target in [
+            ("open", path / "lock"),
+            ("open", path / "store" / "new-lock"),
+            ("statvfs", path),
+        ]
+    ]
+    results = []
+    for proc in (stuck, *others):
+        out, err = proc.communicate(timeout=TIMEOUT + MARGIN + 10)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    return results
+
+
+def assert_failed_closed(results: list[dict[str, Any]]) -> None:
+    for result in results:
+        assert result["errno"] in ABORTED, results
+    assert results[0]["seconds"] < TIMEOUT + MARGIN, results
+    assert results[0]["seconds"] >= TIMEOUT * 0.9, results  # it was stuck, then aborted
+
+
+@pytest.mark.kills_daemon  # the watchdog ends it with status 70
+@pytest.mark.parametrize(
+    ("fault", "hooks"),
+    [
+        ("__lockfs_hang__", "hang-entry"),  # the handler blocks: the loop stops
+        ("__lockfs_hang__", "hang-entry,watchdog-exit-only"),  # ended by the exit alone
+        ("__lockfs_deadlock__", "deadlock-entry"),  # a kernel deadlock: needs the abort
+    ],
+    ids=["blocked-handler", "blocked-handler-exit-only", "kernel-deadlock"],
+)
+def test_a_stuck_daemon_fails_closed_within_hang_timeout(
+    make_mount: Any, fault: str, hooks: str
+) -> None:
+    fusectl_mounts = fusectl_mount_count()
+    mnt: Mount = make_mount(f"hang_timeout={TIMEOUT:g}", LOCKFS_TEST_HOOKS=hooks)
+    results = clients_against_a_stuck_daemon(mnt, mnt.path, fault)
+    assert_failed_closed(results)
+    assert mnt.proc.wait(timeout=10) == EXIT_HUNG
+    hung = [line for line in mnt.log_text().splitlines() if "daemon hung" in line]
+    assert len(hung) == 1, mnt.log_text()
+    assert f"request lookup(parent_inode=1, name=b'{fault}', ctx=pid " in hung[0]
+    assert "has been in service for 1." in hung[0] and "(hang_timeout=1)" in hung[0]
+    # The mount stays and answers ENOTCONN, like a crashed daemon's: no second copy of a lock
+    # can be made underneath. Recovery: umount (nothing holds it), mount again.
+    assert is_lockfs_mounted(mnt.path)
+    with pytest.raises(OSError) as info:
+        os.statvfs(mnt.path)
+    assert info.value.errno == errno.ENOTCONN
+    subprocess.run(["umount", mnt.path], check=True)
+    assert not is_lockfs_mounted(mnt.path)
+    assert fusectl_mount_count() == fusectl_mounts  # a private fusectl leaves no trace here
+
+
+@pytest.mark.kills_daemon  # the watchdog ends it with status 70
+def test_a_detached_daemon_logs_the_hang_before_it_exits(daemons: Daemons, tmp_path: Path) -> None:
+    """Detached and without syslog: the one line reaches the fallback file before the exit."""
+    path = daemons.mountpoint()
+    log_file = Path(logs.log_path(str(path)))
+    hooks = f"hang-entry,syslog={tmp_path}/no-dev-log,journal={tmp_path}/no-journal"
+    result = daemons.lockfs(path, "-o", f"hang_timeout={TIMEOUT:g}", LOCKFS_TEST_HOOKS=hooks)
+    assert result.returncode == 0, result.stderr
+    pid = daemons.daemon_pid(path)
+    assert_failed_closed(clients_against_a_stuck_daemon(daemons, path, "__lockfs_hang__"))
+    assert daemons.wait_exit(pid) == EXIT_HUNG
+    text = log_file.read_text()
+    assert "CRITICAL: daemon hung: request lookup(parent_inode=1, name=b'__lockfs_hang__'" in text
+    assert daemons.run("umount", path).returncode == 0
+
+
+#: Takes and releases locks on 50 names in its working directory (which it keeps alive).
+CYCLER = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+    deadline, n = time.monotonic() + float(sys.argv[1]), 0
+    while time.monotonic() < deadline:
+        fd = os.open(f"lock{n % 50}", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.close(fd)
+        n += 1
+    print(n)
+    """
+)
+
+
+def test_a_saturated_daemon_never_trips_the_shortest_hang_timeout(make_mount: Any) -> None:
+    """Processes cycling locks as fast as they can, PBS sequences on fresh chunk names, a lister
+    and status queries keep the daemon at full CPU for a few seconds with hang_timeout=0.5."""
+    mnt: Mount = make_mount("reclaim_delay=0.01,dir_grace=0.05,hang_timeout=0.5")
+    (mnt / "hot").mkdir()
+    seconds = "4"
+    procs = [mnt.spawn(sys.executable, "-c", CYCLER, seconds, cwd=mnt / "hot") for _ in range(3)]
+    procs += [mnt.helper("bulk", mnt / f"store{i}", "100000", str(i << 20)) for i in range(2)]
+    lister = mnt.spawn("sh", "-c", 'while :; do ls -R "$1" > /dev/null; done', "sh", mnt.path)
+    deadline = time.monotonic() + float(seconds)
+    while time.monotonic() < deadline:
+        assert mnt.proc.poll() is None, mnt.log_text()
+        mnt.status()
+    for proc in procs[:3]:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and int(out) > 100, err
+    for proc in (*procs[3:], lister):
+        proc.kill()
+        proc.wait(10)
+    status = mnt.status()
+    assert sum(status.requests.values()) > 5000
+    assert status.options.hang_timeout == 0.5
+    assert mnt.proc.poll() is None and "daemon hung" not in mnt.log_text()
