@@ -26,7 +26,7 @@ import functools
 import logging
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -137,7 +137,7 @@ class LockOperations(pyfuse3.Operations):
         return self.entry(self.table.lookup(parent_inode, name))
 
     @_handler
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.table.forget(ino, count)
 

@@ -52,7 +52,7 @@ def metric_of(status_field: dataclasses.Field[Any]) -> Metric | None:
 _NODES_HELP = "Live entries in the node table, by kind."
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MountStatus:
     """Counters and sizes of one mount at one moment (``lockfs status``)."""
 

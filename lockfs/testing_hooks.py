@@ -147,11 +147,13 @@ def parse(value: str) -> TestHooks:
         if name in ("fault-entry", "hang-entry", "deadlock-entry", "watchdog-exit-only"):
             if arg:
                 raise HookError(f"{ENV}: unknown test hook {item!r}")
-            hooks = replace(hooks, **{name.replace("-", "_"): True})
+            flags: dict[str, Any] = {name.replace("-", "_"): True}
+            hooks = replace(hooks, **flags)
         elif name == "startup" and arg in STARTUP_FAULTS:
             hooks = replace(hooks, startup=arg)
         elif name in ("syslog", "journal") and arg.startswith("/"):
-            hooks = replace(hooks, **{f"{name}_socket": arg})
+            sockets: dict[str, Any] = {f"{name}_socket": arg}
+            hooks = replace(hooks, **sockets)
         else:
             raise HookError(f"{ENV}: unknown test hook {item!r}")
     return hooks

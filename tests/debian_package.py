@@ -65,7 +65,10 @@ def installed_version() -> str | None:
 
 def build(version: str | None = None) -> Deb:
     """``mount/build-deb`` (reuses a .deb built from the same tracked files)."""
-    cmd = [REPO / "mount" / "build-deb", *(["--version", version] if version else [])]
+    cmd: list[str | os.PathLike[str]] = [
+        REPO / "mount" / "build-deb",
+        *(["--version", version] if version else []),
+    ]
     result = run(*cmd, timeout=1800)
     assert result.returncode == 0, f"mount/build-deb failed:\n{result.stdout}\n{result.stderr}"
     path = Path(result.stdout.strip().splitlines()[-1])

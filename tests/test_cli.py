@@ -245,7 +245,12 @@ def test_an_ordinary_user_is_told_that_mounting_needs_root(
     daemons.track(path)
     os.chown(path, second_user.pw_uid, second_user.pw_gid)
     try:
-        for args in (["mount", path], [path, "-f"], ["lockfs", path, "-o", "rw,nosuid,nodev"]):
+        forms: tuple[list[str | os.PathLike[str]], ...] = (
+            ["mount", path],
+            [path, "-f"],
+            ["lockfs", path, "-o", "rw,nosuid,nodev"],
+        )
+        for args in forms:
             cmd = [*as_user(second_user), *lockfs_command(*args)]
             result = daemons.run(*cmd, env=daemon_env(), timeout=20)
             assert result.returncode == 1, result.stderr
@@ -301,7 +306,9 @@ def test_foreground_exit_status_0(make_mount: MakeMount, end: str) -> None:
     if end.startswith("SIG"):
         mnt.proc.send_signal(getattr(signal, end))
     else:
-        cmd = ["umount", mnt.path] if end == "umount" else ["fusermount3", "-u", mnt.path]
+        cmd: list[str | os.PathLike[str]] = (
+            ["umount", mnt.path] if end == "umount" else ["fusermount3", "-u", mnt.path]
+        )
         subprocess.run(cmd, check=True)
     assert mnt.proc.wait(timeout=10) == 0, mnt.log_text()
     assert not is_lockfs_mounted(mnt.path)

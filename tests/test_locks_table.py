@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from lockfs.humanize import format_duration
 from lockfs.locks import lock_rows, parse_proc_locks
@@ -32,8 +33,10 @@ def test_parse_proc_locks() -> None:
 
 
 def test_rows_count_waiters_and_mark_unlinked_nodes() -> None:
-    nodes = {2: {"path": "store/vm-100", "linked": True, "open_for": 3.5}, 6: {"path": "x"}}
-    nodes[6]["linked"] = False
+    nodes: dict[int, dict[str, Any]] = {
+        2: {"path": "store/vm-100", "linked": True, "open_for": 3.5},
+        6: {"path": "x", "linked": False},
+    }
     rows = lock_rows(parse_proc_locks(SAMPLE), nodes, ofd_pids={6: [42]})
     assert [(r.path, r.state, r.waiters, r.held_for) for r in rows[:3]] == [
         ("store/vm-100", "held", 2, 3.5),

@@ -687,11 +687,12 @@ def test_truncate_to_zero_makes_file_idle(table: NodeTable, clock: FakeClock) ->
 def test_use_resets_the_delay(table: NodeTable, clock: FakeClock) -> None:
     """Any use (lookup, open, getattr touch) restarts the delay."""
     f = make_file(table, b"lock")
-    for use in (
-        lambda: table.lookup(ROOT_INO, b"lock"),
-        lambda: table.touch(f),
-        lambda: (table.open(f.ino), table.release(f.ino)),
-    ):
+
+    def open_and_close() -> None:
+        table.open(f.ino)
+        table.release(f.ino)
+
+    for use in (lambda: table.lookup(ROOT_INO, b"lock"), lambda: table.touch(f), open_and_close):
         clock.advance(FILE_DELAY * 0.8)
         use()
         clock.advance(FILE_DELAY * 0.8)

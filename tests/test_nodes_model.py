@@ -503,7 +503,7 @@ class NodeTableMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------- invariants
 
     @invariant()
-    def invariants(self) -> None:
+    def table_consistent(self) -> None:
         """After every step: reconcile vanished nodes, compare, and check for leaks."""
         self.only_idle_unreferenced_nodes_vanish()
         self.table_matches_shadow()

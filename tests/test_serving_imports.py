@@ -61,7 +61,13 @@ def test_the_daemon_imports_nothing_after_start_up(daemons: Daemons, tmp_path: P
         "LOCKFS_IMPORT_LOG": str(log),
         "LOCKFS_TEST_HOOKS": "fault-entry",
     }
-    watched = [DAEMON_PYTHON, HELPERS / "import_watch.py", path, "-o", options]
+    watched: list[str | os.PathLike[str]] = [
+        DAEMON_PYTHON,
+        HELPERS / "import_watch.py",
+        path,
+        "-o",
+        options,
+    ]
     started = daemons.run(*watched, env=env)
     assert started.returncode == 0, started.stderr
     os.statvfs(path)  # answered by pyfuse3's request loop: start-up is over
@@ -104,7 +110,12 @@ def test_the_daemon_imports_nothing_after_start_up(daemons: Daemons, tmp_path: P
     # The control commands, from the checkout's CLI (its own process).
     cli = [DAEMON_PYTHON, "-m", "lockfs"]
     cli_env = {**os.environ, "PYTHONPATH": str(REPO)}
-    commands = (["status", path], ["locks", path], ["metrics", path], ["status", path, "--json"])
+    commands: tuple[list[str | os.PathLike[str]], ...] = (
+        ["status", path],
+        ["locks", path],
+        ["metrics", path],
+        ["status", path, "--json"],
+    )
     for command in commands:
         result = daemons.run(*cli, *command, env=cli_env)
         assert result.returncode == 0, (command, result.stderr)

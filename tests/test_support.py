@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ from lockfs.mounts import FSTYPE, mount_table
 
 
 def test_wait_for_returns_the_first_truthy_result() -> None:
-    results = iter([None, 0, [], "done", "late"])
+    results: Iterator[object] = iter([None, 0, [], "done", "late"])
     assert wait_for(lambda: next(results), 5) == "done"
 
 
@@ -200,14 +201,14 @@ def test_the_teardown_check_fails_unclean_daemons(tmp_path: Path, fuse_required:
         outcomes[case.attrib["name"]] = (
             "" if error is None else error.attrib["message"] + (error.text or "")
         )
-    assert {name for name, error in outcomes.items() if not error} == {
+    assert {name for name, message in outcomes.items() if not message} == {
         "test_clean_passes",
         "test_marked_fault_passes",
         "test_marked_kill_passes",
     }, run.stdout
-    for name, error in outcomes.items():
+    for name, message in outcomes.items():
         if name.endswith("_fails"):
-            assert "failed on teardown" in error and "did not run clean" in error, error
+            assert "failed on teardown" in message and "did not run clean" in message, message
     fault = outcomes["test_fault_fails"]
     assert "it counted 1 fault(s)" in fault and "its log has: " in fault
     assert "--- daemon log" in fault and "RuntimeError: injected fault in lookup" in fault

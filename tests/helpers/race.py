@@ -24,9 +24,11 @@ import random
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The checkout's lockfs and tests/ (for helpers.locker), whoever runs this program.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from locker import guard_lock, plain_lock  # also puts the checkout's lockfs on sys.path
+from helpers.locker import guard_lock, plain_lock
 
 from lockfs.pbs_lock import LockBusy, LockFileModified, chunk_path, lock_helper
 

@@ -11,7 +11,9 @@ import pytest
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+def wait_for(
+    condition: Callable[[], T | None], timeout: float = 10.0, what: str = "condition"
+) -> T:
     """Poll ``condition`` until it returns something truthy, and return that; fail after
     ``timeout`` seconds, naming ``what`` was awaited. Polls fast at first, then every 0.1 s."""
     deadline = time.monotonic() + timeout

@@ -117,7 +117,7 @@ class Mount(Processes):
     def wait_reclaimed(self, timeout: float = 10.0, *, nodes: int = 1) -> MountStatus:
         """Wait until only ``nodes`` nodes (by default the root) are left in the daemon."""
         return wait_for(
-            lambda: (s := self.status()).nodes <= nodes and s,
+            lambda: s if (s := self.status()).nodes <= nodes else None,
             timeout,
             f"the node table to shrink to {nodes}",
         )
@@ -366,7 +366,9 @@ class Daemons(Processes):
         if how == "SIGTERM":
             os.kill(pid, signal.SIGTERM)
         else:
-            cmd = ["umount", path] if how == "umount" else ["fusermount3", "-u", path]
+            cmd: list[str | os.PathLike[str]] = (
+                ["umount", path] if how == "umount" else ["fusermount3", "-u", path]
+            )
             assert self.run(*cmd).returncode == 0
         assert self.wait_exit(pid) == 0
 

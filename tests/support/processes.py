@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 # The locker's exit statuses, re-exported: defined once, in the locker.
 from helpers.locker import EXIT_BUSY as EXIT_BUSY
@@ -50,23 +50,32 @@ def run_lockfs(
     )
 
 
+class Child(subprocess.Popen[str]):
+    """A process started by :meth:`Processes.spawn`: its standard streams are text pipes
+    unless the caller redirected them (then the redirected ones are ``None``)."""
+
+    stdin: IO[str]
+    stdout: IO[str]
+    stderr: IO[str]
+
+
 class Processes:
     """The processes a test started; :meth:`kill_children` (teardown) kills what still runs."""
 
     def __init__(self) -> None:
         self.children: list[subprocess.Popen[str]] = []
 
-    def spawn(self, *args: StrPath, **kwargs: Any) -> subprocess.Popen[str]:
+    def spawn(self, *args: StrPath, **kwargs: Any) -> Child:
         """Start a process (pipes for stdin, stdout and stderr, text mode by default)."""
         kwargs.setdefault("stdin", subprocess.PIPE)
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
         kwargs.setdefault("text", True)
-        proc: subprocess.Popen[str] = subprocess.Popen([str(a) for a in args], **kwargs)
+        proc = Child([str(a) for a in args], **kwargs)
         self.children.append(proc)
         return proc
 
-    def helper(self, *args: StrPath, **kwargs: Any) -> subprocess.Popen[str]:
+    def helper(self, *args: StrPath, **kwargs: Any) -> Child:
         """Start ``tests/helpers/locker.py`` with ``args`` (see its docstring)."""
         return self.spawn(sys.executable, HELPERS / "locker.py", *args, **kwargs)
 
@@ -77,7 +86,7 @@ class Processes:
         assert proc.returncode == 0, f"locker {args} failed ({proc.returncode}): {err}"
         return out
 
-    def hold(self, *args: StrPath) -> tuple[subprocess.Popen[str], int]:
+    def hold(self, *args: StrPath) -> tuple[Child, int]:
         """Start a locker that takes its lock and holds it until :func:`release`; the
         process and the inode number it locked."""
         proc = self.helper(*args)
