@@ -62,7 +62,7 @@ def test_locks_lists_holders_modes_kinds_and_waiters(mnt: Mount) -> None:
     header, *lines = table.stdout.splitlines()
     assert header.split() == ["PATH", "KIND", "MODE", "STATE", "PID", "COMMAND", "WAITERS", "HELD"]
     assert any("gone (unlinked)" in line for line in lines)
-    assert len(lines) == len(rows)
+    assert len(lines) == len(rows), (table.stdout, rows)
 
     for proc in (exclusive, *shared, posix, ofd, gone):
         release(proc)
