@@ -4,8 +4,9 @@ This module knows nothing about FUSE; the adapter in :mod:`lockfs.fuse_ops` maps
 it. Every invariant that keeps locks correct lives here:
 
 * A name maps to exactly one node. Only an explicit ``unlink``/``rmdir``/``rename`` (a process
-  asked for it) or :meth:`NodeTable._drop` detaches a name, and ``_drop`` runs only for a node
-  that the kernel no longer references (``lookups == 0``) and nobody has open (``opens == 0``).
+  asked for it) or :meth:`NodeTable._reclaim` detaches a name, and ``_reclaim`` runs only for a
+  node that the kernel no longer references (``lookups == 0``) and nobody has open
+  (``opens == 0``).
   Because the kernel keeps ``flock``/``fcntl`` locks on its own inode, which exists exactly as
   long as its lookup count is non-zero, a dropped name can never have a lock holder.
 * Inode numbers come from a counter and are never reused within a mount.
@@ -205,25 +206,27 @@ class NodeTable:
         else:
             queue.pop(node, None)
 
-    def _maybe_drop(self, node: Node) -> None:
-        """Forget ``node`` entirely if neither the kernel nor a process refers to it."""
+    def _remove_if_unreferenced(self, node: Node) -> None:
+        """Called when a reference to ``node`` went away: if neither the kernel nor a process
+        refers to it any more, remove it (unlinked) or reclaim it (idle, its delay passed)."""
         if node.lookups or node.opens or node.ino == ROOT_INO:
             return
         if node.parent is None:
-            self._forget_node(node)
+            self._remove_from_table(node)
         elif self._is_idle(node) and self.clock() - node.last_used >= self._delay_of(node):
-            self._drop(node)
+            self._reclaim(node)
 
-    def _drop(self, node: Node) -> None:
-        """Reclaim an idle, unreferenced node: detach its name and forget it."""
+    def _reclaim(self, node: Node) -> None:
+        """The table's own unlink: detach an idle, unreferenced node's name and remove it."""
         parent = node.parent
         assert parent is not None and node.lookups == 0 and node.opens == 0
         self._detach(node)
-        self._forget_node(node)
+        self._remove_from_table(node)
         self.stats.reclaimed += 1
         self.touch(parent)
 
-    def _forget_node(self, node: Node) -> None:
+    def _remove_from_table(self, node: Node) -> None:
+        """Remove a node that has no name and no reference left from the table's indexes."""
         self._queue_of(node).pop(node, None)
         del self.nodes[node.ino]
         if node.children is not None:
@@ -293,7 +296,7 @@ class NodeTable:
         """Detach a name on a process's request; the node lives on while referenced."""
         self._detach(node)
         node.ctime_ns = self._now_ns()
-        self._maybe_drop(node)
+        self._remove_if_unreferenced(node)
 
     def _dir(self, ino: int) -> Node:
         node = self.get(ino)
@@ -366,13 +369,14 @@ class NodeTable:
     def lookup(self, parent_ino: int, name: bytes) -> Node:
         """Resolve a name and take a kernel reference on the node it names."""
         node = self.child(parent_ino, name)
-        self.remember(node)
+        self._add_lookup(node)
         assert node.parent is not None
         self.touch(node.parent)
         return node
 
-    def remember(self, node: Node) -> None:
-        """The kernel took one more lookup reference (an entry reply for ``node``)."""
+    def _add_lookup(self, node: Node) -> None:
+        """An entry reply for ``node`` (LOOKUP, CREATE, MKDIR, MKNOD): one more kernel lookup
+        reference, and a use."""
         if node.lookups == 0:
             self.referenced_count += 1
         node.lookups += 1
@@ -406,7 +410,7 @@ class NodeTable:
         node.lookups = max(0, node.lookups - count)
         if node.lookups == 0:
             self.referenced_count -= 1
-            self._maybe_drop(node)
+            self._remove_if_unreferenced(node)
 
     def due(self) -> list[Node]:
         """Pop idle nodes whose delay has passed.
@@ -429,7 +433,7 @@ class NodeTable:
                 if not self._is_idle(node):
                     continue
                 if node.lookups == 0:
-                    self._drop(node)
+                    self._reclaim(node)
                 else:
                     out.append(node)
                     self.stats.invalidations += 1
@@ -462,7 +466,7 @@ class NodeTable:
     def mkdir(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Node:
         """Create a directory; the reply is an entry, so the kernel holds one reference."""
         node = self._new_entry(parent_ino, name, stat.S_IFDIR | (mode & 0o7777), uid, gid)
-        self.remember(node)
+        self._add_lookup(node)
         return node
 
     def mknod(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Node:
@@ -470,7 +474,7 @@ class NodeTable:
         if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
             raise FsError(errno.EPERM)
         node = self._new_entry(parent_ino, name, stat.S_IFREG | (mode & 0o7777), uid, gid)
-        self.remember(node)
+        self._add_lookup(node)
         return node
 
     def create(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Node:
@@ -478,7 +482,7 @@ class NodeTable:
         node = self._new_entry(parent_ino, name, stat.S_IFREG | (mode & 0o7777), uid, gid)
         node.opens += 1
         self.open_count += 1
-        self.remember(node)
+        self._add_lookup(node)
         node.open_since = node.last_used
         return node
 
@@ -580,7 +584,7 @@ class NodeTable:
             raise FsError(errno.EISDIR)
         self._open(node)
         if truncate:
-            self.truncate(node, 0)
+            self._truncate(node, 0)
         return node
 
     def opendir(self, ino: int) -> Node:
@@ -606,7 +610,7 @@ class NodeTable:
         self.touch(node)
         if node.opens == 0:
             self.open_count -= 1
-            self._maybe_drop(node)
+            self._remove_if_unreferenced(node)
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         node = self.get(ino)
@@ -631,7 +635,9 @@ class NodeTable:
         self.touch(node)
         return len(buf)
 
-    def truncate(self, node: Node, size: int) -> None:
+    def _truncate(self, node: Node, size: int) -> None:
+        """Set a regular file's size (SETATTR size, OPEN with O_TRUNC); data is never kept for
+        an empty file, so emptying it makes it idle again."""
         if node.children is not None:
             raise FsError(errno.EISDIR)
         if size < 0:
@@ -664,7 +670,7 @@ class NodeTable:
         """Change attributes (the kernel already checked permissions: default_permissions)."""
         node = self.get(ino)
         if size is not None:
-            self.truncate(node, size)
+            self._truncate(node, size)
         if mode is not None:
             node.mode = stat.S_IFMT(node.mode) | (mode & 0o7777)
         if uid is not None:

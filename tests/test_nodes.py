@@ -568,22 +568,21 @@ def test_empty_write_keeps_file_idle(table: NodeTable, clock: FakeClock) -> None
     assert table.due() == [f]
 
 
-def test_truncate_and_setattr(table: NodeTable) -> None:
-    """Truncate shrinks or zero-extends; 0 empties; dirs EISDIR, negative sizes EINVAL."""
+def test_truncate_by_setattr(table: NodeTable) -> None:
+    """SETATTR size shrinks or zero-extends; 0 empties; dirs EISDIR, negative sizes EINVAL."""
     f = make_file(table, b"f", data=b"abcdef")
-    table.truncate(f, 3)
+    table.setattr(f.ino, size=3)
     assert table.read(f.ino, 0, 10) == b"abc"
     table.setattr(f.ino, size=5)
     assert table.read(f.ino, 0, 10) == b"abc\0\0"
-    table.truncate(f, 0)
+    table.setattr(f.ino, size=0)
     assert f.size == 0 and f.data is None
     g = make_file(table, b"g")
-    table.truncate(g, 2)
+    table.setattr(g.ino, size=2)
     assert table.read(g.ino, 0, 10) == b"\0\0"
     d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
-    fails(errno.EISDIR, table.truncate, d, 0)
     fails(errno.EISDIR, table.setattr, d.ino, size=0)
-    fails(errno.EINVAL, table.truncate, f, -1)
+    fails(errno.EINVAL, table.setattr, f.ino, size=-1)
     fails(errno.ENOENT, table.setattr, 999, mode=0o600)
 
 
@@ -669,16 +668,17 @@ def test_data_file_is_never_due(table: NodeTable, clock: FakeClock) -> None:
 
 
 def test_truncate_to_zero_makes_file_idle(table: NodeTable, clock: FakeClock) -> None:
-    """Emptying a data file (truncate or setattr size 0) makes it reclaimable."""
+    """Emptying a data file (open with O_TRUNC, or setattr size 0) makes it reclaimable."""
     f = make_file(table, b"journal", data=b"entry\n")
     g = make_file(table, b"other", data=b"x")
     clock.advance(100)
-    table.truncate(f, 0)
+    table.open(f.ino, truncate=True)
+    table.release(f.ino)
     table.setattr(g.ino, size=0)
     assert table.due() == []
     clock.advance(FILE_DELAY)
     assert table.due() == [f, g]
-    table.truncate(f, 1)  # data again: not idle any more
+    table.setattr(f.ino, size=1)  # data again: not idle any more
     kernel_forgets(table, f)
     kernel_forgets(table, g)
     assert f.ino in table.nodes and g.ino not in table.nodes
@@ -753,7 +753,7 @@ def test_directory_becomes_idle_when_last_child_goes(table: NodeTable, clock: Fa
     kernel_forgets(table, a)
     assert a.ino not in table.nodes
     assert table.due() == []  # b still holds data
-    table.truncate(b, 0)
+    table.setattr(b.ino, size=0)
     clock.advance(FILE_DELAY)
     assert table.due() == [b]
     kernel_forgets(table, b)

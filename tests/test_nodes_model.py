@@ -525,7 +525,7 @@ class NodeTableMachine(RuleBasedStateMachine):
                     assert not shadow.data, f"file {ino} with data was reclaimed"
                     waited = self.now - shadow.last_use
                     assert waited >= _delay(shadow), f"{ino} reclaimed after {waited}s"
-                    self.used(shadow.parent)  # _drop is a use of the directory
+                    self.used(shadow.parent)  # _reclaim is a use of the directory
                 self.lookups.pop(ino, None)
                 self.opens.pop(ino, None)
                 self.closing.pop(ino, None)
