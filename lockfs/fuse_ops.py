@@ -143,9 +143,7 @@ class LockOperations(pyfuse3.Operations):
 
     @_handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        node = self.table.get(inode)
-        self.table.touch(node)
-        return self.entry(node)
+        return self.entry(self.table.getattr(inode))
 
     @_handler
     async def setattr(

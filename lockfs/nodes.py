@@ -196,7 +196,7 @@ class NodeTable:
     def _delay_of(self, node: Node) -> float:
         return self.policy.dir_grace if node.children is not None else self.policy.file_delay
 
-    def touch(self, node: Node) -> None:
+    def _touch(self, node: Node) -> None:
         """Record a use of ``node`` and (re)queue it if it is idle, else take it off the queue."""
         node.last_used = self.clock()
         queue = self._queue_of(node)
@@ -223,7 +223,7 @@ class NodeTable:
         self._detach(node)
         self._remove_from_table(node)
         self.stats.reclaimed += 1
-        self.touch(parent)
+        self._touch(parent)
 
     def _remove_from_table(self, node: Node) -> None:
         """Remove a node that has no name and no reference left from the table's indexes."""
@@ -306,7 +306,7 @@ class NodeTable:
 
     def _modified(self, directory: Node) -> None:
         directory.mtime_ns = directory.ctime_ns = self._now_ns()
-        self.touch(directory)
+        self._touch(directory)
 
     # ----------------------------------------------------------------- queries
 
@@ -335,7 +335,7 @@ class NodeTable:
         exists throughout.
         """
         directory = self._dir(ino)
-        self.touch(directory)
+        self._touch(directory)
         if after < 1:
             yield b".", directory, 1
         if after < 2:
@@ -371,7 +371,16 @@ class NodeTable:
         node = self.child(parent_ino, name)
         self._add_lookup(node)
         assert node.parent is not None
-        self.touch(node.parent)
+        self._touch(node.parent)
+        return node
+
+    def getattr(self, ino: int) -> Node:
+        """GETATTR: the node whose attributes the kernel asks for. Asking is a use, like every
+        request about a node (PBS's lock helper stats its lock file before and after locking)."""
+        node = self.nodes.get(ino)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        self._touch(node)
         return node
 
     def _add_lookup(self, node: Node) -> None:
@@ -380,7 +389,7 @@ class NodeTable:
         if node.lookups == 0:
             self.referenced_count += 1
         node.lookups += 1
-        self.touch(node)
+        self._touch(node)
 
     def listed(self, node: Node) -> None:
         """A readdirplus entry for ``node`` went to the kernel: one more lookup reference,
@@ -536,7 +545,7 @@ class NodeTable:
                 self._attach(new_parent, new_name, node)
                 self._attach(old_parent, old_name, target)
                 target.ctime_ns = self._now_ns()
-                self.touch(target)
+                self._touch(target)
         else:
             if target is node:
                 return
@@ -554,7 +563,7 @@ class NodeTable:
             self._detach(node)
             self._attach(new_parent, new_name, node)
         node.ctime_ns = self._now_ns()
-        self.touch(node)
+        self._touch(node)
         self._modified(old_parent)
         if new_parent is not old_parent:
             self._modified(new_parent)
@@ -597,7 +606,7 @@ class NodeTable:
 
     def _open(self, node: Node) -> None:
         node.opens += 1
-        self.touch(node)
+        self._touch(node)
         if node.opens == 1:
             self.open_count += 1
             node.open_since = node.last_used
@@ -607,7 +616,7 @@ class NodeTable:
         if node is None or node.opens == 0:
             return
         node.opens -= 1
-        self.touch(node)
+        self._touch(node)
         if node.opens == 0:
             self.open_count -= 1
             self._remove_if_unreferenced(node)
@@ -632,7 +641,7 @@ class NodeTable:
             data.extend(bytes(offset - len(data)))
         data[offset : offset + len(buf)] = buf
         node.mtime_ns = node.ctime_ns = self._now_ns()
-        self.touch(node)
+        self._touch(node)
         return len(buf)
 
     def _truncate(self, node: Node, size: int) -> None:
@@ -654,7 +663,7 @@ class NodeTable:
                 data.extend(bytes(size - len(data)))
             node.data = data
         node.mtime_ns = node.ctime_ns = self._now_ns()
-        self.touch(node)
+        self._touch(node)
 
     def setattr(
         self,
@@ -682,7 +691,7 @@ class NodeTable:
         if mtime_ns is not None:
             node.mtime_ns = mtime_ns
         node.ctime_ns = self._now_ns()
-        self.touch(node)
+        self._touch(node)
         return node
 
     # ----------------------------------------------------------------- consistency

@@ -172,7 +172,22 @@ def test_lookup_touches_node_and_parent(table: NodeTable, clock: FakeClock) -> N
 # ----------------------------------------------------------------- create, open, release
 
 
-def test_create_opens_and_remembers(table: NodeTable, clock: FakeClock) -> None:
+def test_getattr_returns_the_node_and_is_a_use(table: NodeTable, clock: FakeClock) -> None:
+    """GETATTR answers for any node the table holds (ENOENT otherwise) and is a use: a handed-
+    out node is queued again, and its delay starts anew."""
+    f = make_file(table, b"f")
+    clock.advance(FILE_DELAY)
+    assert table.due() == [f] and table.idle_count == 0
+    clock.advance(1)
+    assert table.getattr(f.ino) is f and f.last_used == clock.now
+    assert table.idle_count == 1 and table.due() == []
+    clock.advance(FILE_DELAY)
+    assert table.due() == [f]
+    assert table.getattr(ROOT_INO) is table.root
+    fails(errno.ENOENT, table.getattr, 999)
+
+
+def test_create_opens_and_takes_a_lookup(table: NodeTable, clock: FakeClock) -> None:
     """CREATE returns an open file with one kernel reference, named in its directory."""
     before = table.root.mtime_ns
     node = table.create(ROOT_INO, b"lock", 0o640, UID, 50)
@@ -685,14 +700,18 @@ def test_truncate_to_zero_makes_file_idle(table: NodeTable, clock: FakeClock) ->
 
 
 def test_use_resets_the_delay(table: NodeTable, clock: FakeClock) -> None:
-    """Any use (lookup, open, getattr touch) restarts the delay."""
+    """Any use (lookup, getattr, open and release) restarts the delay."""
     f = make_file(table, b"lock")
 
     def open_and_close() -> None:
         table.open(f.ino)
         table.release(f.ino)
 
-    for use in (lambda: table.lookup(ROOT_INO, b"lock"), lambda: table.touch(f), open_and_close):
+    for use in (
+        lambda: table.lookup(ROOT_INO, b"lock"),
+        lambda: table.getattr(f.ino),
+        open_and_close,
+    ):
         clock.advance(FILE_DELAY * 0.8)
         use()
         clock.advance(FILE_DELAY * 0.8)
@@ -721,7 +740,7 @@ def test_due_hands_out_oldest_first(table: NodeTable, clock: FakeClock) -> None:
     b = make_file(table, b"b")
     clock.advance(0.1)
     c = make_file(table, b"c")
-    table.touch(a)  # now the newest
+    table.getattr(a.ino)  # now the newest
     clock.advance(FILE_DELAY - 0.1)
     assert table.due() == [b]
     clock.advance(0.1)
