@@ -258,12 +258,11 @@ class LockOperations(pyfuse3.Operations):
 
     @_handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        for name, node, cookie in self.table.listing(fh, start_id):
-            if not pyfuse3.readdir_reply(token, name, self.entry(node), cookie):
-                break
-            # readdirplus entries are lookups, except "." and "..", which the kernel skips.
-            if name != b"." and name != b"..":
-                self.table.listed(node)
+        self.table.readdirplus(
+            fh,
+            start_id,
+            lambda name, node, cookie: pyfuse3.readdir_reply(token, name, self.entry(node), cookie),
+        )
 
     @_handler
     async def releasedir(self, fh: int) -> None:

@@ -391,7 +391,22 @@ class NodeTable:
         node.lookups += 1
         self._touch(node)
 
-    def listed(self, node: Node) -> None:
+    def readdirplus(self, ino: int, after: int, reply: Callable[[bytes, Node, int], bool]) -> None:
+        """READDIRPLUS: offer the entries of directory ``ino`` after cookie ``after`` (see
+        :meth:`listing`) to ``reply(name, node, cookie)`` until it returns False (the kernel's
+        buffer is full: that entry was not sent, and the next request resumes with it).
+
+        Every entry sent is a kernel lookup reference but not a use
+        (:meth:`_add_listed_lookup`), except ``.`` and ``..``, which the kernel skips without
+        taking a reference. The directory itself is used.
+        """
+        for name, node, cookie in self.listing(ino, after):
+            if not reply(name, node, cookie):
+                return
+            if name != b"." and name != b"..":
+                self._add_listed_lookup(node)
+
+    def _add_listed_lookup(self, node: Node) -> None:
         """A readdirplus entry for ``node`` went to the kernel: one more lookup reference,
         but not a use, so listing a directory never keeps its entries alive.
 

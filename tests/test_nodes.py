@@ -902,6 +902,22 @@ def _list(table: NodeTable, ino: int, after: int = 0) -> list[tuple[bytes, int, 
     return [(name, node.ino, cookie) for name, node, cookie in table.listing(ino, after)]
 
 
+def readdirplus(
+    table: NodeTable, ino: int, after: int = 0, room: int | None = None
+) -> list[tuple[bytes, int, int]]:
+    """One READDIRPLUS request whose reply holds ``room`` entries (all if None): those sent."""
+    sent: list[tuple[bytes, int, int]] = []
+
+    def reply(name: bytes, node: Node, cookie: int) -> bool:
+        if room is not None and len(sent) >= room:
+            return False
+        sent.append((name, node.ino, cookie))
+        return True
+
+    table.readdirplus(ino, after, reply)
+    return sent
+
+
 def test_listing_entries_and_cookies(table: NodeTable) -> None:
     """'.' and '..' come first (cookies 1, 2), then entries by inode with cookie ino + 2."""
     d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
@@ -959,9 +975,7 @@ def test_listed_entries_are_referenced_but_not_used(table: NodeTable, clock: Fak
     last_used = f.last_used
     for _ in range(10):  # `ls` every 100 ms for twice the delay
         clock.advance(0.1)
-        for name, node, _ in table.listing(d.ino, 0):
-            if name not in (b".", b".."):
-                table.listed(node)
+        assert len(readdirplus(table, d.ino)) == 4
     assert f.last_used == last_used and f.lookups == 11
     assert table.due() == [f]  # the directory's own listing was a use; its entries' not
     kernel_forgets(table, f)
@@ -982,8 +996,9 @@ def test_entry_listed_after_being_handed_out_is_queued_again(
     clock.advance(FILE_DELAY)
     assert table.due() == [f, g]
     assert table.idle_count == 0
-    table.listed(f)
-    table.listed(f)  # listed twice: queued once
+    only_f = [(b"f", f.ino, f.ino + 2)]
+    assert readdirplus(table, ROOT_INO, f.ino + 1, room=1) == only_f
+    assert readdirplus(table, ROOT_INO, f.ino + 1, room=1) == only_f  # twice: queued once
     assert table.idle_count == 1
     table.forget(f.ino, 1)  # the FORGET for the reference the invalidation covered
     assert f.lookups == 2 and table.nodes[f.ino] is f
@@ -991,8 +1006,31 @@ def test_entry_listed_after_being_handed_out_is_queued_again(
     kernel_forgets(table, f)
     assert f.ino not in table.nodes
     h = make_file(table, b"h", data=b"x")
-    table.listed(h)  # not idle: not queued
+    readdirplus(table, ROOT_INO, h.ino + 1, room=1)  # not idle: not queued
     assert table.idle_count == 0
+    table.check()
+
+
+def test_readdirplus_references_the_entries_sent_but_not_dots(table: NodeTable) -> None:
+    """Every entry a READDIRPLUS reply holds is a kernel reference, except '.' and '..'; an
+    entry that did not fit is not, and the next request, resumed from the last cookie sent,
+    starts with it."""
+    d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
+    a = make_file(table, b"a", d.ino)
+    b = make_file(table, b"b", d.ino)
+    before = {n.ino: n.lookups for n in (table.root, d, a, b)}
+    assert readdirplus(table, d.ino, room=0) == []
+    first = readdirplus(table, d.ino, room=3)
+    assert [name for name, _, _ in first] == [b".", b"..", b"a"]
+    assert (d.lookups, table.root.lookups) == (before[d.ino], before[ROOT_INO])
+    assert (a.lookups, b.lookups) == (before[a.ino] + 1, before[b.ino])
+    rest = readdirplus(table, d.ino, first[-1][2])
+    assert rest == [(b"b", b.ino, b.ino + 2)]
+    assert (a.lookups, b.lookups) == (before[a.ino] + 1, before[b.ino] + 1)
+    assert readdirplus(table, d.ino, rest[-1][2]) == []
+    assert (d.lookups, table.root.lookups) == (before[d.ino], before[ROOT_INO])
+    fails(errno.ENOTDIR, readdirplus, table, a.ino)
+    assert a.lookups == before[a.ino] + 1
     table.check()
 
 

@@ -24,6 +24,7 @@ from lockfs.nodes import (
     RENAME_NOREPLACE,
     ROOT_INO,
     FsError,
+    Node,
     NodeTable,
     ReclaimPolicy,
 )
@@ -34,6 +35,8 @@ NAMES = st.sampled_from([b"a", b"b", b"c"])
 PICK = st.integers(min_value=0, max_value=50)
 KINDS = st.sampled_from(["create", "mknod", "mkdir"])
 FLAGS = st.sampled_from([0, RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_NOREPLACE | RENAME_EXCHANGE])
+#: A readdirplus entry as the kernel received it: name, inode, cookie.
+Listed = tuple[bytes, int, int]
 
 
 @dataclass
@@ -339,12 +342,41 @@ class NodeTableMachine(RuleBasedStateMachine):
             self.shadow[src].name = new
             self.used(src, old_parent, new_parent)
 
-    @rule(p=PICK, plus=st.booleans(), resume=PICK)
-    def readdir(self, p: int, plus: bool, resume: int) -> None:
-        """List a directory (optionally readdirplus, which adds lookups) and resume mid-way."""
+    def readdirplus(self, directory: int, after: int, room: int | None) -> list[Listed]:
+        """One READDIRPLUS request, as the adapter makes it, into a reply with room for ``room``
+        entries (all if None): the entries sent. Listing uses the directory."""
+        sent: list[Listed] = []
+
+        def reply(name: bytes, node: Node, cookie: int) -> bool:
+            if room is not None and len(sent) >= room:
+                return False  # the kernel's buffer is full
+            sent.append((name, node.ino, cookie))
+            return True
+
+        self.table.readdirplus(directory, after, reply)
+        self.used(directory)
+        return sent
+
+    def take_listed(self, sent: list[Listed]) -> None:
+        """The kernel takes a lookup reference on every entry a readdirplus reply held,
+        except "." and ".." (fuse_direntplus_link skips them); an entry is not a use."""
+        for name, ino, _ in sent:
+            if name != b"." and name != b"..":
+                self.lookups[ino] = self.lookups.get(ino, 0) + 1
+
+    @rule(p=PICK, room=st.integers(min_value=0, max_value=5), resume=PICK)
+    def readdir(self, p: int, room: int, resume: int) -> None:
+        """`ls`: READDIRPLUS until the end, the first reply holding ``room`` entries; then a
+        listing resumed after one of the cookies (a seekdir) gives exactly the rest."""
         directory = self.pick(self.lookups_held(dirs=True), p)
         assert directory is not None
-        full = [(name, node.ino, cookie) for name, node, cookie in self.table.listing(directory, 0)]
+        full = self.readdirplus(directory, 0, room)
+        while True:
+            more = self.readdirplus(directory, full[-1][2] if full else 0, None)
+            if not more:
+                break
+            full += more
+        self.take_listed(full)
         shadow = self.shadow[directory]
         dotdot = directory if shadow.parent is None else shadow.parent
         expected = [(b".", directory), (b"..", dotdot)]
@@ -353,14 +385,9 @@ class NodeTableMachine(RuleBasedStateMachine):
         cookies = [cookie for _, _, cookie in full]
         assert cookies == sorted(set(cookies))
         cut = resume % len(full)
-        rest = [(n, node.ino, c) for n, node, c in self.table.listing(directory, cookies[cut])]
+        rest = self.readdirplus(directory, cookies[cut], None)
+        self.take_listed(rest)
         assert rest == full[cut + 1 :]
-        self.used(directory)
-        if plus:  # each entry is a lookup, but not a use (lockfs.fuse_ops readdir)
-            for name, ino, _ in full[2:]:
-                self.table.listed(self.table.nodes[ino])
-                self.lookups[ino] = self.lookups.get(ino, 0) + 1
-                assert self.table.nodes[ino].name == name
 
     # ------------------------------------------------------------- references
 
@@ -492,13 +519,14 @@ class NodeTableMachine(RuleBasedStateMachine):
                 (self.table.opendir if node.is_dir else self.table.open)(node.ino)
                 self.opens[node.ino] = 1
                 self.used(node.ino)
-            if listed:
-                self.table.listed(node)
+            sent = []
+            if listed:  # `ls` of the parent, from just before the node, one entry
+                sent = self.readdirplus(shadow.parent, node.ino + 1, 1)
+                assert sent == [(node.name, node.ino, node.ino + 2)]
             if not self.opens.get(node.ino):
                 self.table.forget(node.ino, self.lookups[node.ino])
                 self.lookups[node.ino] = 0
-            if listed:
-                self.lookups[node.ino] = self.lookups.get(node.ino, 0) + 1
+            self.take_listed(sent)
 
     # ------------------------------------------------------------- invariants
 
