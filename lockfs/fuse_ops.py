@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -227,8 +226,7 @@ class LockOperations(pyfuse3.Operations):
 
     @_handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        # The kernel passes O_TRUNC here instead of a SETATTR (atomic_o_trunc).
-        return self._file_info(self.table.open(inode, truncate=bool(flags & os.O_TRUNC)))
+        return self._file_info(self.table.open(inode, flags))
 
     @_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:

@@ -600,14 +600,15 @@ class NodeTable:
 
     # ----------------------------------------------------------------- open files and data
 
-    def open(self, ino: int, *, truncate: bool = False) -> Node:
-        """OPEN a regular file (EISDIR for a directory). ``truncate`` (O_TRUNC) empties it and
-        marks mtime and ctime for update even if it was empty already, as POSIX and tmpfs do."""
+    def open(self, ino: int, flags: int = 0) -> Node:
+        """OPEN a regular file with open(2) ``flags`` (EISDIR for a directory). The kernel
+        passes O_TRUNC here instead of a SETATTR (atomic_o_trunc): it empties the file and marks
+        mtime and ctime for update even if the file was empty already, as POSIX and tmpfs do."""
         node = self.get(ino)
         if node.children is not None:
             raise FsError(errno.EISDIR)
         self._open(node)
-        if truncate:
+        if flags & os.O_TRUNC:
             self._truncate(node, 0)
         return node
 

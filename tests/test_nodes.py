@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import stat
 from collections.abc import Callable
 from typing import Any
@@ -234,7 +235,7 @@ def test_open_and_opendir_check_the_kind(table: NodeTable) -> None:
     d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
     f = make_file(table, b"f")
     fails(errno.EISDIR, table.open, d.ino)
-    fails(errno.EISDIR, table.open, d.ino, truncate=True)
+    fails(errno.EISDIR, table.open, d.ino, os.O_RDWR | os.O_TRUNC)
     fails(errno.ENOTDIR, table.opendir, f.ino)
     assert d.opens == 0 and f.opens == 0 and table.open_count == 0
     assert table.opendir(d.ino) is d and d.opens == 1
@@ -247,7 +248,7 @@ def test_open_with_truncate_empties_and_marks_times(table: NodeTable, clock: Fak
     for data in (b"journal line\n", b""):
         f = make_file(table, b"f" + data[:1], data=data)
         mtime, ctime, atime = f.mtime_ns, f.ctime_ns, f.atime_ns
-        assert table.open(f.ino, truncate=True) is f
+        assert table.open(f.ino, os.O_WRONLY | os.O_TRUNC) is f
         assert f.size == 0 and f.data is None and f.opens == 1
         assert f.mtime_ns > mtime and f.ctime_ns > ctime and f.atime_ns == atime
         table.release(f.ino)
@@ -255,8 +256,9 @@ def test_open_with_truncate_empties_and_marks_times(table: NodeTable, clock: Fak
         assert table.due() == [f]
     g = make_file(table, b"g", data=b"kept")
     mtime = g.mtime_ns
-    table.open(g.ino)  # without O_TRUNC nothing changes
-    assert table.read(g.ino, 0, 10) == b"kept" and g.mtime_ns == mtime
+    for flags in (os.O_RDONLY, os.O_WRONLY | os.O_APPEND, os.O_RDWR | os.O_CREAT | os.O_EXCL):
+        table.open(g.ino, flags)  # without O_TRUNC nothing changes
+    assert table.read(g.ino, 0, 10) == b"kept" and g.mtime_ns == mtime and g.opens == 3
     table.check()
 
 
@@ -687,7 +689,7 @@ def test_truncate_to_zero_makes_file_idle(table: NodeTable, clock: FakeClock) ->
     f = make_file(table, b"journal", data=b"entry\n")
     g = make_file(table, b"other", data=b"x")
     clock.advance(100)
-    table.open(f.ino, truncate=True)
+    table.open(f.ino, os.O_RDWR | os.O_TRUNC)
     table.release(f.ino)
     table.setattr(g.ino, size=0)
     assert table.due() == []

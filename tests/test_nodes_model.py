@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import os
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, settings
@@ -35,6 +36,16 @@ NAMES = st.sampled_from([b"a", b"b", b"c"])
 PICK = st.integers(min_value=0, max_value=50)
 KINDS = st.sampled_from(["create", "mknod", "mkdir"])
 FLAGS = st.sampled_from([0, RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_NOREPLACE | RENAME_EXCHANGE])
+#: open(2) flags as OPEN passes them on (O_CREAT and O_EXCL are the kernel's; O_TRUNC is not).
+OPEN_FLAGS = st.sampled_from(
+    [
+        os.O_RDONLY,
+        os.O_WRONLY,
+        os.O_RDWR | os.O_APPEND,
+        os.O_RDWR | os.O_TRUNC,
+        os.O_WRONLY | os.O_TRUNC | os.O_APPEND,
+    ]
+)
 #: A readdirplus entry as the kernel received it: name, inode, cookie.
 Listed = tuple[bytes, int, int]
 
@@ -419,16 +430,16 @@ class NodeTableMachine(RuleBasedStateMachine):
         self.lookups[ino] = 0
         self.closing[ino] = self.opens[ino]
 
-    @rule(p=PICK, trunc=st.booleans())
-    def open(self, p: int, trunc: bool) -> None:
-        """OPEN (maybe with O_TRUNC) a known file or OPENDIR a known directory."""
+    @rule(p=PICK, flags=OPEN_FLAGS)
+    def open(self, p: int, flags: int) -> None:
+        """OPEN a known file with the flags the kernel passes on, or OPENDIR a known directory."""
         ino = self.pick(self.lookups_held(), p)
         assert ino is not None
         if self.shadow[ino].is_dir:
             node = self.table.opendir(ino)
         else:
-            node = self.table.open(ino, truncate=trunc)
-            if trunc:
+            node = self.table.open(ino, flags)
+            if flags & os.O_TRUNC:
                 self.shadow[ino].data.clear()
         assert node.ino == ino
         self.opens[ino] = self.opens.get(ino, 0) + 1
