@@ -207,20 +207,17 @@ class LockOperations(pyfuse3.Operations):
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        # One name per node keeps reclaim simple; PBS links only if renameat2 fails (EINVAL).
-        raise FsError(errno.EPERM)
+        self.table.link(inode, new_parent_inode, new_name)
 
     @_handler
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        if len(name) > NAME_MAX:
-            raise FsError(errno.ENAMETOOLONG)
-        raise FsError(errno.EPERM)
+        self.table.symlink(parent_inode, name, target)
 
     @_handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        raise FsError(errno.EINVAL)
+        self.table.readlink(inode)
 
     # ----------------------------------------------------------------- files
 

@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 ROOT_INO = 1
 NAME_MAX = 255
@@ -597,6 +598,27 @@ class NodeTable:
                 return False
             cursor = cursor.parent
         return False
+
+    # ----------------------------------------------------------------- what the table refuses
+
+    def link(self, ino: int, new_parent_ino: int, new_name: bytes) -> NoReturn:
+        """LINK is refused (EPERM): one name per node keeps reclaim simple. PBS links only
+        where ``renameat2`` fails (EINVAL), which it does not here. A name too long for any
+        entry gets ENAMETOOLONG first, as everywhere."""
+        if len(new_name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        raise FsError(errno.EPERM)
+
+    def symlink(self, parent_ino: int, name: bytes, target: bytes) -> NoReturn:
+        """SYMLINK is refused (EPERM): lock directories hold no symbolic links. A name too
+        long for any entry gets ENAMETOOLONG first, as everywhere."""
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        raise FsError(errno.EPERM)
+
+    def readlink(self, ino: int) -> NoReturn:
+        """READLINK: EINVAL, as for any node that is not a symbolic link (none is)."""
+        raise FsError(errno.EINVAL)
 
     # ----------------------------------------------------------------- open files and data
 

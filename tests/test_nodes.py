@@ -285,6 +285,21 @@ def test_mknod_only_makes_regular_files(table: NodeTable) -> None:
 # ----------------------------------------------------------------- directories
 
 
+def test_links_and_symlinks_are_refused(table: NodeTable) -> None:
+    """LINK and SYMLINK give EPERM (ENAMETOOLONG for a name no entry may have) and change
+    nothing; READLINK gives EINVAL, no node being a symbolic link."""
+    f = make_file(table, b"f")
+    before = (dict(table.nodes), f.lookups, f.nlink, table.root.mtime_ns)
+    fails(errno.EPERM, table.link, f.ino, ROOT_INO, b"g")
+    fails(errno.EPERM, table.symlink, ROOT_INO, b"s", b"f")
+    fails(errno.ENAMETOOLONG, table.link, f.ino, ROOT_INO, b"g" * (NAME_MAX + 1))
+    fails(errno.ENAMETOOLONG, table.symlink, ROOT_INO, b"s" * (NAME_MAX + 1), b"f")
+    fails(errno.EINVAL, table.readlink, f.ino)
+    fails(errno.EINVAL, table.readlink, ROOT_INO)
+    assert (dict(table.nodes), f.lookups, f.nlink, table.root.mtime_ns) == before
+    assert names(table) == {b"f"}
+
+
 def test_mkdir_and_rmdir(table: NodeTable) -> None:
     """MKDIR links a directory (nlink 2, parent nlink + 1); RMDIR refuses non-empty ones."""
     d = table.mkdir(ROOT_INO, b"d", 0o750, UID, GID)
