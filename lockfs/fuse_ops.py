@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
-from .nodes import NAME_MAX, FsError, Node, NodeTable
+from .nodes import FsError, Node, NodeTable
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,8 @@ class LockOperations(pyfuse3.Operations):
     def __init__(self, table: NodeTable, *, trace: bool = False) -> None:
         super().__init__()
         self.table = table
-        #: Kept below the grace period: an unused directory's dentry is stale before it is due.
-        self.dir_entry_timeout = min(CACHE_TIMEOUT, table.policy.dir_grace / 2)
+        #: Below the grace period (the policy's rule), and never above CACHE_TIMEOUT.
+        self.dir_entry_timeout = min(CACHE_TIMEOUT, table.policy.dir_entry_timeout)
         self.trace = trace
         self.requests: Counter[str] = Counter()
         self.faults = 0
@@ -269,16 +269,11 @@ class LockOperations(pyfuse3.Operations):
 
     @_handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        capacity = self.table.capacity()
         data = pyfuse3.StatvfsData()
-        data.f_bsize = BLOCK_SIZE
-        data.f_frsize = BLOCK_SIZE
-        used = len(self.table.nodes)
-        total = max(self.table.limits.max_entries, used)
-        data.f_blocks = total
-        data.f_bfree = total - used
-        data.f_bavail = total - used
-        data.f_files = total
-        data.f_ffree = total - used
-        data.f_favail = total - used
-        data.f_namemax = NAME_MAX
+        data.f_bsize = data.f_frsize = BLOCK_SIZE
+        # Entries are what the mount can run out of: df shows them as blocks too.
+        data.f_blocks = data.f_files = capacity.total
+        data.f_bfree = data.f_bavail = data.f_ffree = data.f_favail = capacity.free
+        data.f_namemax = capacity.name_max
         return data

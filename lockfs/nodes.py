@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 ROOT_INO = 1
 NAME_MAX = 255
@@ -108,6 +108,13 @@ class ReclaimPolicy:
     file_delay: float = 0.5
     dir_grace: float = 10.0
 
+    @property
+    def dir_entry_timeout(self) -> float:
+        """How long the kernel may trust a directory's entry: half the grace, so the entry is
+        stale before the directory can be due, and a path walk through it (``mkdir -p`` then
+        ``open``) must ask again, which is a use. See docs/design.md."""
+        return self.dir_grace / 2
+
 
 @dataclass(slots=True)
 class Limits:
@@ -120,6 +127,15 @@ class Limits:
     max_entries: int = 1_000_000
     max_file_size: int = 64 << 20
     max_depth: int = 32
+
+
+class Capacity(NamedTuple):
+    """What STATFS reports: entries the table may hold, how many more it takes before creating
+    fails with ENOSPC, and the longest name."""
+
+    total: int
+    free: int
+    name_max: int
 
 
 @dataclass(slots=True)
@@ -349,6 +365,12 @@ class NodeTable:
         for node in entries:
             if node.parent is directory:  # still there after earlier yields
                 yield node.name, node, node.ino + 2
+
+    def capacity(self) -> Capacity:
+        """STATFS: ``max_entries`` (never fewer than the entries held) and what is left of it."""
+        used = len(self.nodes)
+        total = max(self.limits.max_entries, used)
+        return Capacity(total, total - used, NAME_MAX)
 
     @property
     def idle_count(self) -> int:

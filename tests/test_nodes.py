@@ -12,11 +12,14 @@ import pytest
 from support import FakeClock, FakeWallClock
 
 from lockfs.nodes import (
+    LIMIT_LOG_INTERVAL,
     NAME_MAX,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
+    Capacity,
     FsError,
+    Limits,
     Node,
     NodeTable,
     ReclaimPolicy,
@@ -67,6 +70,16 @@ def names(table: NodeTable, ino: int = ROOT_INO) -> set[bytes]:
 def kernel_forgets(table: NodeTable, node: Node) -> None:
     """The kernel drops every lookup reference it holds on ``node``."""
     table.forget(node.ino, node.lookups)
+
+
+def limited(clock: FakeClock, **limits: int) -> NodeTable:
+    """A table with the given :class:`Limits`."""
+    return NodeTable(
+        policy=ReclaimPolicy(file_delay=FILE_DELAY, dir_grace=DIR_GRACE),
+        limits=Limits(**limits),
+        clock=clock,
+        wall_clock_ns=FakeWallClock(),
+    )
 
 
 # ----------------------------------------------------------------- errors and names
@@ -764,6 +777,14 @@ def test_due_hands_out_oldest_first(table: NodeTable, clock: FakeClock) -> None:
     assert table.due() == [c, a]
 
 
+def test_directory_entries_expire_before_the_directory_is_due() -> None:
+    """The kernel may trust a directory's entry for half the grace only, so a path walk
+    through an unused directory asks again (a use) before the directory can be due."""
+    for grace in (0.2, 10.0, 3600.0):
+        policy = ReclaimPolicy(file_delay=FILE_DELAY, dir_grace=grace)
+        assert policy.dir_entry_timeout == grace / 2 < grace
+
+
 def test_directory_waits_for_dir_grace(table: NodeTable, clock: FakeClock) -> None:
     """An empty directory is due after dir_grace, not after the file delay."""
     d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
@@ -1060,6 +1081,68 @@ def test_listing_is_a_use_of_the_directory(table: NodeTable, clock: FakeClock) -
     assert table.due() == []
     clock.advance(DIR_GRACE)
     assert table.due() == [d]
+
+
+# ----------------------------------------------------------------- limits
+
+
+def test_entry_limit_gives_enospc_and_capacity_counts_down(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """max_entries bounds the entries held (the root included): STATFS counts down to 0,
+    creating then fails with ENOSPC without touching what exists (logged once a minute, with
+    the busiest directory), and works again once entries go."""
+    table = limited(clock, max_entries=4)
+    assert table.capacity() == Capacity(total=4, free=3, name_max=NAME_MAX)
+    d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
+    f = make_file(table, b"f", d.ino)
+    make_file(table, b"g", data=b"x")
+    assert table.capacity() == Capacity(4, 0, NAME_MAX)
+    fails(errno.ENOSPC, table.create, ROOT_INO, b"h", 0o644, UID, GID)
+    fails(errno.ENOSPC, table.mkdir, d.ino, b"e", 0o755, UID, GID)
+    fails(errno.ENOSPC, table.mknod, d.ino, b"n", 0o644, UID, GID)
+    assert names(table) == {b"d", b"g"} and names(table, d.ino) == {b"f"}
+    logged = [r.getMessage() for r in caplog.records if "entry limit reached" in r.message]
+    assert len(logged) == 1 and "busiest directory: / (2 entries)" in logged[0]
+    clock.advance(LIMIT_LOG_INTERVAL)
+    fails(errno.ENOSPC, table.create, ROOT_INO, b"h", 0o644, UID, GID)
+    assert sum("entry limit reached" in r.message for r in caplog.records) == 2
+    table.unlink(d.ino, b"f")
+    kernel_forgets(table, f)
+    assert table.capacity() == Capacity(4, 1, NAME_MAX)
+    make_file(table, b"h")
+    table.limits.max_entries = 2  # lowered below what is held: nothing free, never negative
+    assert table.capacity() == Capacity(4, 0, NAME_MAX)
+    table.check()
+
+
+def test_file_size_limit_gives_efbig(clock: FakeClock) -> None:
+    """A write or truncate beyond max_file_size fails with EFBIG and leaves the data intact."""
+    table = limited(clock, max_file_size=4)
+    f = make_file(table, b"journal", data=b"abcd")
+    fails(errno.EFBIG, table.write, f.ino, 3, b"xy")
+    fails(errno.EFBIG, table.setattr, f.ino, size=5)
+    assert table.read(f.ino, 0, 10) == b"abcd"
+    assert table.write(f.ino, 2, b"CD") == 2 and table.read(f.ino, 0, 10) == b"abCD"
+
+
+def test_depth_limit_gives_enametoolong(clock: FakeClock) -> None:
+    """No entry deeper than max_depth: creating one, or moving a subtree so that part of it
+    would be, fails with ENAMETOOLONG; moving it where it fits works."""
+    table = limited(clock, max_depth=2)
+    a = table.mkdir(ROOT_INO, b"a", 0o755, UID, GID)
+    b = table.mkdir(a.ino, b"b", 0o755, UID, GID)
+    fails(errno.ENAMETOOLONG, table.mkdir, b.ino, b"c", 0o755, UID, GID)
+    fails(errno.ENAMETOOLONG, table.create, b.ino, b"f", 0o644, UID, GID)
+    x = table.mkdir(ROOT_INO, b"x", 0o755, UID, GID)
+    table.mkdir(x.ino, b"y", 0o755, UID, GID)
+    fails(errno.ENAMETOOLONG, table.rename, ROOT_INO, b"x", a.ino, b"x", 0)
+    fails(errno.ENAMETOOLONG, table.rename, ROOT_INO, b"x", a.ino, b"b", RENAME_EXCHANGE)
+    assert names(table) == {b"a", b"x"} and names(table, a.ino) == {b"b"}
+    table.rmdir(a.ino, b"b")
+    table.rename(ROOT_INO, b"a", x.ino, b"a", 0)  # x/a, now empty: fits
+    assert table.child(x.ino, b"a").depth == 2
+    table.check()
 
 
 # ----------------------------------------------------------------- check()
