@@ -2,8 +2,10 @@
 
 The machine plays the kernel. It keeps what the kernel holds (lookup counts and open handles
 per inode) and a shadow of the namespace it created, and only sends requests the kernel could
-send (on inodes it references). After every step it checks that the table agrees with the
-shadow, that only idle, unreferenced nodes whose delay passed ever vanished, that inode
+send (on inodes it references). It sends them through the table methods the adapter
+(lockfs.fuse_ops) calls, with the arguments the adapter passes on, so a rule broken there
+shows up here. After every step it checks that the table agrees with the shadow (and saw
+every use), that only idle, unreferenced nodes whose delay passed ever vanished, that inode
 numbers are never reused, and, on a copy of the table, that nothing leaks once every
 reference is gone.
 """
@@ -21,10 +23,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from support import FakeClock, FakeWallClock
 
 from lockfs.nodes import (
+    NAME_MAX,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
+    Capacity,
     FsError,
+    Limits,
     Node,
     NodeTable,
     ReclaimPolicy,
@@ -32,6 +37,8 @@ from lockfs.nodes import (
 
 FILE_DELAY = 1.0
 DIR_GRACE = 3.0
+#: Entry limits (max_entries) an example runs with: small ones make creating hit ENOSPC.
+MAX_ENTRIES = st.sampled_from([1_000_000, 6, 4])
 NAMES = st.sampled_from([b"a", b"b", b"c"])
 PICK = st.integers(min_value=0, max_value=50)
 KINDS = st.sampled_from(["create", "mknod", "mkdir"])
@@ -102,6 +109,7 @@ class NodeTableMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.table = NodeTable(
             policy=ReclaimPolicy(file_delay=FILE_DELAY, dir_grace=DIR_GRACE),
+            limits=Limits(),
             clock=self.clock,
             wall_clock_ns=FakeWallClock(),
         )
@@ -141,6 +149,12 @@ class NodeTableMachine(RuleBasedStateMachine):
     def lookups_held(self, *, dirs: bool | None = None) -> list[int]:
         """Inodes the kernel holds a lookup on (root included): it can open them."""
         return [i for i in self.known(dirs=dirs) if i == ROOT_INO or self.lookups.get(i, 0)]
+
+    def in_use(self) -> list[int]:
+        """Inodes a process can name: the kernel holds a lookup or the process an open handle
+        (so it can stat, fstat, ftruncate them)."""
+        held = self.lookups_held() + [i for i in self.opens if self.open_handles(i) > 0]
+        return sorted(set(held))
 
     def open_handles(self, ino: int) -> int:
         """Handles of ``ino`` a process can still use (not being released)."""
@@ -196,14 +210,16 @@ class NodeTableMachine(RuleBasedStateMachine):
         tree=st.lists(
             st.tuples(PICK, NAMES, KINDS, st.booleans(), st.sampled_from(["keep", "forget", "rm"])),
             max_size=10,
-        )
+        ),
+        max_entries=MAX_ENTRIES,
     )
-    def populate(self, tree: list[tuple[int, bytes, str, bool, str]]) -> None:
+    def populate(self, tree: list[tuple[int, bytes, str, bool, str]], max_entries: int) -> None:
         """Start from a random tree, so that requests often find something to work on.
 
         Files may get data and be closed; then the kernel keeps the entry, forgets it, or a
-        process removes it while the kernel still holds it.
+        process removes it while the kernel still holds it. The entry limit is set first.
         """
+        self.table.limits.max_entries = max_entries
         for p, name, kind, data, then in tree:
             before = set(self.shadow)
             self.make(p, name, kind, existing=False)
@@ -238,6 +254,8 @@ class NodeTableMachine(RuleBasedStateMachine):
             errors.add(errno.ENOENT)
         if name in self.children(parent):
             errors.add(errno.EEXIST)
+        if len(self.shadow) >= self.table.limits.max_entries:
+            errors.add(errno.ENOSPC)
         made = []
         mode = 0o755 if kind == "mkdir" else 0o644
         method = getattr(self.table, kind)
@@ -476,19 +494,51 @@ class NodeTableMachine(RuleBasedStateMachine):
             data[offset : offset + len(buf)] = buf
             self.used(ino)
 
-    @rule(p=PICK, size=st.sampled_from([0, 0, 1, 3]))
-    def truncate(self, p: int, size: int) -> None:
-        """SETATTR size (truncate) on a known inode; directories give EISDIR."""
-        candidates = self.lookups_held() + [i for i in self.opens if self.open_handles(i) > 0]
-        ino = self.pick(sorted(set(candidates) - {ROOT_INO}), p)
+    @rule(
+        p=PICK,
+        size=st.sampled_from([None, 0, 0, 1, 3]),
+        mode=st.sampled_from([None, 0o600, 0o2775]),
+    )
+    def setattr(self, p: int, size: int | None, mode: int | None) -> None:
+        """SETATTR size (truncate) and/or mode on a known inode; a size for a directory gives
+        EISDIR."""
+        ino = self.pick(sorted(set(self.in_use()) - {ROOT_INO}), p)
         if ino is None:
             return
         shadow = self.shadow[ino]
-        errors = {errno.EISDIR} if shadow.is_dir else set()
-        if self.expect(errors, lambda: self.table.setattr(ino, size=size)):
-            del shadow.data[size:]
-            shadow.data.extend(bytes(size - len(shadow.data)))
+        errors = {errno.EISDIR} if shadow.is_dir and size is not None else set()
+        if self.expect(errors, lambda: self.table.setattr(ino, size=size, mode=mode)):
+            if size is not None:
+                del shadow.data[size:]
+                shadow.data.extend(bytes(size - len(shadow.data)))
+            if mode is not None:
+                assert self.table.nodes[ino].mode & 0o7777 == mode
             self.used(ino)
+
+    @rule(p=PICK)
+    def getattr(self, p: int) -> None:
+        """GETATTR (stat, fstat) of an inode in use: a use of it."""
+        ino = self.pick(self.in_use(), p)
+        assert ino is not None  # the root is always in use
+        node = self.table.getattr(ino)
+        assert node.ino == ino and bytes(node.data or b"") == bytes(self.shadow[ino].data)
+        self.used(ino)
+
+    @rule(p=PICK, q=PICK, name=NAMES, long=st.booleans())
+    def refused(self, p: int, q: int, name: bytes, long: bool) -> None:
+        """LINK and SYMLINK (EPERM; ENAMETOOLONG for an impossible name) and READLINK (EINVAL)
+        change nothing; STATFS counts what is left of the entry limit."""
+        ino = self.pick(self.in_use(), p)
+        parent = self.pick(self.lookups_held(dirs=True), q)
+        assert ino is not None and parent is not None
+        if long:
+            name *= NAME_MAX + 1
+        refusal = {errno.ENAMETOOLONG} if long else {errno.EPERM}
+        self.expect(refusal, lambda: self.table.link(ino, parent, name))
+        self.expect(refusal, lambda: self.table.symlink(parent, name, b"target"))
+        self.expect({errno.EINVAL}, lambda: self.table.readlink(ino))
+        limit = self.table.limits.max_entries
+        assert self.table.capacity() == Capacity(limit, limit - len(self.shadow), NAME_MAX)
 
     @rule(p=PICK, offset=st.integers(min_value=0, max_value=4), size=st.integers(0, 4))
     def read(self, p: int, offset: int, size: int) -> None:
@@ -578,6 +628,7 @@ class NodeTableMachine(RuleBasedStateMachine):
         for ino, shadow in self.shadow.items():
             node = self.table.nodes[ino]
             assert node.ino == ino and node.is_dir == shadow.is_dir
+            assert node.last_used >= shadow.last_use, "a use the table did not see"
             assert node.lookups == self.lookups.get(ino, 0)
             assert node.opens == self.opens.get(ino, 0)
             assert bytes(node.data or b"") == bytes(shadow.data), "data lost or changed"
