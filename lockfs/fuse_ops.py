@@ -3,8 +3,9 @@
 Kept thin on purpose: every rule about names, references, reclaim, limits and the errnos of
 refused requests lives in :mod:`lockfs.nodes`, where the unit and model tests see it. A handler
 passes its arguments on to one table method of the same name (READDIRPLUS: ``readdirplus``,
-STATFS: ``capacity``) and turns the node it returns into a reply. What this module decides
-itself is the FUSE protocol side (tested on a real mount in tests/test_fuse_ops.py):
+RELEASEDIR: ``release``, STATFS: ``capacity``) and turns what it returns into a reply. What
+this module decides itself is the FUSE protocol side (tested on a real mount in
+tests/test_fuse_ops.py):
 
 * Every handler is wrapped by :func:`_handler`: a :class:`~lockfs.nodes.FsError` becomes its
   errno, any other exception is logged with its request and answered with EIO, so a bug never
