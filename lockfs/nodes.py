@@ -8,13 +8,13 @@ it. Every invariant that keeps locks correct lives here:
   node that the kernel no longer references (``lookups == 0``) and nobody has open
   (``opens == 0``).
   Because the kernel keeps ``flock``/``fcntl`` locks on its own inode, which exists exactly as
-  long as its lookup count is non-zero, a dropped name can never have a lock holder.
+  long as its lookup count is non-zero, a reclaimed name can never have a lock holder.
 * Inode numbers come from a counter and are never reused within a mount.
 * A node is *idle* when it is linked, nobody has it open and it holds nothing: an empty regular
   file, or a directory without entries. Idle nodes wait in a queue ordered by the time they were
   last used; once their delay has passed, :meth:`NodeTable.due` hands them out so that the
   daemon can ask the kernel to drop its entry. The kernel then sends FORGET, the lookup count
-  reaches zero and the node is dropped. A file with data is never idle, so it is kept.
+  reaches zero and the node is reclaimed. A file with data is never idle, so it is kept.
 """
 
 from __future__ import annotations
@@ -289,8 +289,9 @@ class NodeTable:
                 return height
             height += 1
 
-    def _entries_exhausted(self) -> None:
-        """Log (at most once a minute) which directory holds the most entries."""
+    def _log_entry_limit(self) -> None:
+        """Creating failed at ``max_entries``: log it (at most once a minute), naming the
+        directory that holds the most entries."""
         now = self.clock()
         if now - self._limit_logged_at < LIMIT_LOG_INTERVAL:
             return
@@ -462,9 +463,9 @@ class NodeTable:
     def due(self) -> list[Node]:
         """Pop idle nodes whose delay has passed.
 
-        Nodes the kernel no longer references are dropped here; the ones returned still have
+        Nodes the kernel no longer references are reclaimed here; the ones returned still have
         kernel references, and the caller asks the kernel to drop their entries (FORGET then
-        drops the node). A returned node re-enters the queue on its next use.
+        reclaims the node). A returned node re-enters the queue on its next use.
         """
         now = self.clock()
         out: list[Node] = []
@@ -499,7 +500,7 @@ class NodeTable:
         if parent.depth >= self.limits.max_depth:
             raise FsError(errno.ENAMETOOLONG)
         if len(self.nodes) >= self.limits.max_entries:
-            self._entries_exhausted()
+            self._log_entry_limit()
             raise FsError(errno.ENOSPC)
         if parent.mode & stat.S_ISGID:
             gid = parent.gid
