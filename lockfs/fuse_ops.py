@@ -1,7 +1,11 @@
 """The pyfuse3 adapter: maps FUSE requests onto the node table and errors onto errnos.
 
-Kept thin on purpose: every rule about names, references and reclaim lives in
-:mod:`lockfs.nodes`. What this module adds:
+Kept thin on purpose: every rule about names, references, reclaim, limits and the errnos of
+refused requests lives in :mod:`lockfs.nodes`, where the unit and model tests see it. A handler
+passes its arguments on to one table method of the same name (READDIRPLUS: ``readdirplus``,
+RELEASEDIR: ``release``, STATFS: ``capacity``) and turns what it returns into a reply. What
+this module decides itself is the FUSE protocol side (tested on a real mount in
+tests/test_fuse_ops.py):
 
 * Every handler is wrapped by :func:`_handler`: a :class:`~lockfs.nodes.FsError` becomes its
   errno, any other exception is logged with its request and answered with EIO, so a bug never
@@ -24,14 +28,13 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
 
-from .nodes import NAME_MAX, FsError, Node, NodeTable
+from .nodes import FsError, Node, NodeTable
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +88,8 @@ class LockOperations(pyfuse3.Operations):
     def __init__(self, table: NodeTable, *, trace: bool = False) -> None:
         super().__init__()
         self.table = table
-        #: Kept below the grace period: an unused directory's dentry is stale before it is due.
-        self.dir_entry_timeout = min(CACHE_TIMEOUT, table.policy.dir_grace / 2)
+        #: Below the grace period (the policy's rule), and never above CACHE_TIMEOUT.
+        self.dir_entry_timeout = min(CACHE_TIMEOUT, table.policy.dir_entry_timeout)
         self.trace = trace
         self.requests: Counter[str] = Counter()
         self.faults = 0
@@ -143,9 +146,7 @@ class LockOperations(pyfuse3.Operations):
 
     @_handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        node = self.table.get(inode)
-        self.table.touch(node)
-        return self.entry(node)
+        return self.entry(self.table.getattr(inode))
 
     @_handler
     async def setattr(
@@ -210,27 +211,23 @@ class LockOperations(pyfuse3.Operations):
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        # One name per node keeps reclaim simple; PBS links only if renameat2 fails (EINVAL).
-        raise FsError(errno.EPERM)
+        self.table.link(inode, new_parent_inode, new_name)
 
     @_handler
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        if len(name) > NAME_MAX:
-            raise FsError(errno.ENAMETOOLONG)
-        raise FsError(errno.EPERM)
+        self.table.symlink(parent_inode, name, target)
 
     @_handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        raise FsError(errno.EINVAL)
+        self.table.readlink(inode)
 
     # ----------------------------------------------------------------- files
 
     @_handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        # The kernel passes O_TRUNC here instead of a SETATTR (atomic_o_trunc).
-        return self._file_info(self.table.open(inode, truncate=bool(flags & os.O_TRUNC)))
+        return self._file_info(self.table.open(inode, flags))
 
     @_handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -260,12 +257,11 @@ class LockOperations(pyfuse3.Operations):
 
     @_handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        for name, node, cookie in self.table.listing(fh, start_id):
-            if not pyfuse3.readdir_reply(token, name, self.entry(node), cookie):
-                break
-            # readdirplus entries are lookups, except "." and "..", which the kernel skips.
-            if name != b"." and name != b"..":
-                self.table.listed(node)
+        self.table.readdirplus(
+            fh,
+            start_id,
+            lambda name, node, cookie: pyfuse3.readdir_reply(token, name, self.entry(node), cookie),
+        )
 
     @_handler
     async def releasedir(self, fh: int) -> None:
@@ -277,16 +273,11 @@ class LockOperations(pyfuse3.Operations):
 
     @_handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        capacity = self.table.capacity()
         data = pyfuse3.StatvfsData()
-        data.f_bsize = BLOCK_SIZE
-        data.f_frsize = BLOCK_SIZE
-        used = len(self.table.nodes)
-        total = max(self.table.limits.max_entries, used)
-        data.f_blocks = total
-        data.f_bfree = total - used
-        data.f_bavail = total - used
-        data.f_files = total
-        data.f_ffree = total - used
-        data.f_favail = total - used
-        data.f_namemax = NAME_MAX
+        data.f_bsize = data.f_frsize = BLOCK_SIZE
+        # Entries are what the mount can run out of: df shows them as blocks too.
+        data.f_blocks = data.f_files = capacity.total
+        data.f_bfree = data.f_bavail = data.f_ffree = data.f_favail = capacity.free
+        data.f_namemax = capacity.name_max
         return data

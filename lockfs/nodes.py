@@ -4,16 +4,17 @@ This module knows nothing about FUSE; the adapter in :mod:`lockfs.fuse_ops` maps
 it. Every invariant that keeps locks correct lives here:
 
 * A name maps to exactly one node. Only an explicit ``unlink``/``rmdir``/``rename`` (a process
-  asked for it) or :meth:`NodeTable._drop` detaches a name, and ``_drop`` runs only for a node
-  that the kernel no longer references (``lookups == 0``) and nobody has open (``opens == 0``).
+  asked for it) or :meth:`NodeTable._reclaim` detaches a name, and ``_reclaim`` runs only for a
+  node that the kernel no longer references (``lookups == 0``) and nobody has open
+  (``opens == 0``).
   Because the kernel keeps ``flock``/``fcntl`` locks on its own inode, which exists exactly as
-  long as its lookup count is non-zero, a dropped name can never have a lock holder.
+  long as its lookup count is non-zero, a reclaimed name can never have a lock holder.
 * Inode numbers come from a counter and are never reused within a mount.
 * A node is *idle* when it is linked, nobody has it open and it holds nothing: an empty regular
   file, or a directory without entries. Idle nodes wait in a queue ordered by the time they were
   last used; once their delay has passed, :meth:`NodeTable.due` hands them out so that the
   daemon can ask the kernel to drop its entry. The kernel then sends FORGET, the lookup count
-  reaches zero and the node is dropped. A file with data is never idle, so it is kept.
+  reaches zero and the node is reclaimed. A file with data is never idle, so it is kept.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple, NoReturn
 
 ROOT_INO = 1
 NAME_MAX = 255
@@ -106,6 +108,13 @@ class ReclaimPolicy:
     file_delay: float = 0.5
     dir_grace: float = 10.0
 
+    @property
+    def dir_entry_timeout(self) -> float:
+        """How long the kernel may trust a directory's entry: half the grace, so the entry is
+        stale before the directory can be due, and a path walk through it (``mkdir -p`` then
+        ``open``) must ask again, which is a use. See docs/design.md."""
+        return self.dir_grace / 2
+
 
 @dataclass(slots=True)
 class Limits:
@@ -118,6 +127,15 @@ class Limits:
     max_entries: int = 1_000_000
     max_file_size: int = 64 << 20
     max_depth: int = 32
+
+
+class Capacity(NamedTuple):
+    """What STATFS reports: entries the table may hold, how many more it takes before creating
+    fails with ENOSPC, and the longest name."""
+
+    total: int
+    free: int
+    name_max: int
 
 
 @dataclass(slots=True)
@@ -195,7 +213,7 @@ class NodeTable:
     def _delay_of(self, node: Node) -> float:
         return self.policy.dir_grace if node.children is not None else self.policy.file_delay
 
-    def touch(self, node: Node) -> None:
+    def _touch(self, node: Node) -> None:
         """Record a use of ``node`` and (re)queue it if it is idle, else take it off the queue."""
         node.last_used = self.clock()
         queue = self._queue_of(node)
@@ -205,25 +223,27 @@ class NodeTable:
         else:
             queue.pop(node, None)
 
-    def _maybe_drop(self, node: Node) -> None:
-        """Forget ``node`` entirely if neither the kernel nor a process refers to it."""
+    def _remove_if_unreferenced(self, node: Node) -> None:
+        """Called when a reference to ``node`` went away: if neither the kernel nor a process
+        refers to it any more, remove it (unlinked) or reclaim it (idle, its delay passed)."""
         if node.lookups or node.opens or node.ino == ROOT_INO:
             return
         if node.parent is None:
-            self._forget_node(node)
+            self._remove_from_table(node)
         elif self._is_idle(node) and self.clock() - node.last_used >= self._delay_of(node):
-            self._drop(node)
+            self._reclaim(node)
 
-    def _drop(self, node: Node) -> None:
-        """Reclaim an idle, unreferenced node: detach its name and forget it."""
+    def _reclaim(self, node: Node) -> None:
+        """The table's own unlink: detach an idle, unreferenced node's name and remove it."""
         parent = node.parent
         assert parent is not None and node.lookups == 0 and node.opens == 0
         self._detach(node)
-        self._forget_node(node)
+        self._remove_from_table(node)
         self.stats.reclaimed += 1
-        self.touch(parent)
+        self._touch(parent)
 
-    def _forget_node(self, node: Node) -> None:
+    def _remove_from_table(self, node: Node) -> None:
+        """Remove a node that has no name and no reference left from the table's indexes."""
         self._queue_of(node).pop(node, None)
         del self.nodes[node.ino]
         if node.children is not None:
@@ -269,8 +289,9 @@ class NodeTable:
                 return height
             height += 1
 
-    def _entries_exhausted(self) -> None:
-        """Log (at most once a minute) which directory holds the most entries."""
+    def _log_entry_limit(self) -> None:
+        """Creating failed at ``max_entries``: log it (at most once a minute), naming the
+        directory that holds the most entries."""
         now = self.clock()
         if now - self._limit_logged_at < LIMIT_LOG_INTERVAL:
             return
@@ -293,7 +314,7 @@ class NodeTable:
         """Detach a name on a process's request; the node lives on while referenced."""
         self._detach(node)
         node.ctime_ns = self._now_ns()
-        self._maybe_drop(node)
+        self._remove_if_unreferenced(node)
 
     def _dir(self, ino: int) -> Node:
         node = self.get(ino)
@@ -303,7 +324,7 @@ class NodeTable:
 
     def _modified(self, directory: Node) -> None:
         directory.mtime_ns = directory.ctime_ns = self._now_ns()
-        self.touch(directory)
+        self._touch(directory)
 
     # ----------------------------------------------------------------- queries
 
@@ -332,7 +353,7 @@ class NodeTable:
         exists throughout.
         """
         directory = self._dir(ino)
-        self.touch(directory)
+        self._touch(directory)
         if after < 1:
             yield b".", directory, 1
         if after < 2:
@@ -345,6 +366,12 @@ class NodeTable:
         for node in entries:
             if node.parent is directory:  # still there after earlier yields
                 yield node.name, node, node.ino + 2
+
+    def capacity(self) -> Capacity:
+        """STATFS: ``max_entries`` (never fewer than the entries held) and what is left of it."""
+        used = len(self.nodes)
+        total = max(self.limits.max_entries, used)
+        return Capacity(total, total - used, NAME_MAX)
 
     @property
     def idle_count(self) -> int:
@@ -366,19 +393,44 @@ class NodeTable:
     def lookup(self, parent_ino: int, name: bytes) -> Node:
         """Resolve a name and take a kernel reference on the node it names."""
         node = self.child(parent_ino, name)
-        self.remember(node)
+        self._add_lookup(node)
         assert node.parent is not None
-        self.touch(node.parent)
+        self._touch(node.parent)
         return node
 
-    def remember(self, node: Node) -> None:
-        """The kernel took one more lookup reference (an entry reply for ``node``)."""
+    def getattr(self, ino: int) -> Node:
+        """GETATTR: the node whose attributes the kernel asks for. Asking is a use, like every
+        request about a node (PBS's lock helper stats its lock file before and after locking)."""
+        node = self.nodes.get(ino)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        self._touch(node)
+        return node
+
+    def _add_lookup(self, node: Node) -> None:
+        """An entry reply for ``node`` (LOOKUP, CREATE, MKDIR, MKNOD): one more kernel lookup
+        reference, and a use."""
         if node.lookups == 0:
             self.referenced_count += 1
         node.lookups += 1
-        self.touch(node)
+        self._touch(node)
 
-    def listed(self, node: Node) -> None:
+    def readdirplus(self, ino: int, after: int, reply: Callable[[bytes, Node, int], bool]) -> None:
+        """READDIRPLUS: offer the entries of directory ``ino`` after cookie ``after`` (see
+        :meth:`listing`) to ``reply(name, node, cookie)`` until it returns False (the kernel's
+        buffer is full: that entry was not sent, and the next request resumes with it).
+
+        Every entry sent is a kernel lookup reference but not a use
+        (:meth:`_add_listed_lookup`), except ``.`` and ``..``, which the kernel skips without
+        taking a reference. The directory itself is used.
+        """
+        for name, node, cookie in self.listing(ino, after):
+            if not reply(name, node, cookie):
+                return
+            if name != b"." and name != b"..":
+                self._add_listed_lookup(node)
+
+    def _add_listed_lookup(self, node: Node) -> None:
         """A readdirplus entry for ``node`` went to the kernel: one more lookup reference,
         but not a use, so listing a directory never keeps its entries alive.
 
@@ -406,14 +458,14 @@ class NodeTable:
         node.lookups = max(0, node.lookups - count)
         if node.lookups == 0:
             self.referenced_count -= 1
-            self._maybe_drop(node)
+            self._remove_if_unreferenced(node)
 
     def due(self) -> list[Node]:
         """Pop idle nodes whose delay has passed.
 
-        Nodes the kernel no longer references are dropped here; the ones returned still have
+        Nodes the kernel no longer references are reclaimed here; the ones returned still have
         kernel references, and the caller asks the kernel to drop their entries (FORGET then
-        drops the node). A returned node re-enters the queue on its next use.
+        reclaims the node). A returned node re-enters the queue on its next use.
         """
         now = self.clock()
         out: list[Node] = []
@@ -429,7 +481,7 @@ class NodeTable:
                 if not self._is_idle(node):
                     continue
                 if node.lookups == 0:
-                    self._drop(node)
+                    self._reclaim(node)
                 else:
                     out.append(node)
                     self.stats.invalidations += 1
@@ -448,7 +500,7 @@ class NodeTable:
         if parent.depth >= self.limits.max_depth:
             raise FsError(errno.ENAMETOOLONG)
         if len(self.nodes) >= self.limits.max_entries:
-            self._entries_exhausted()
+            self._log_entry_limit()
             raise FsError(errno.ENOSPC)
         if parent.mode & stat.S_ISGID:
             gid = parent.gid
@@ -462,7 +514,7 @@ class NodeTable:
     def mkdir(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Node:
         """Create a directory; the reply is an entry, so the kernel holds one reference."""
         node = self._new_entry(parent_ino, name, stat.S_IFDIR | (mode & 0o7777), uid, gid)
-        self.remember(node)
+        self._add_lookup(node)
         return node
 
     def mknod(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Node:
@@ -470,7 +522,7 @@ class NodeTable:
         if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
             raise FsError(errno.EPERM)
         node = self._new_entry(parent_ino, name, stat.S_IFREG | (mode & 0o7777), uid, gid)
-        self.remember(node)
+        self._add_lookup(node)
         return node
 
     def create(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Node:
@@ -478,7 +530,7 @@ class NodeTable:
         node = self._new_entry(parent_ino, name, stat.S_IFREG | (mode & 0o7777), uid, gid)
         node.opens += 1
         self.open_count += 1
-        self.remember(node)
+        self._add_lookup(node)
         node.open_since = node.last_used
         return node
 
@@ -532,7 +584,7 @@ class NodeTable:
                 self._attach(new_parent, new_name, node)
                 self._attach(old_parent, old_name, target)
                 target.ctime_ns = self._now_ns()
-                self.touch(target)
+                self._touch(target)
         else:
             if target is node:
                 return
@@ -550,7 +602,7 @@ class NodeTable:
             self._detach(node)
             self._attach(new_parent, new_name, node)
         node.ctime_ns = self._now_ns()
-        self.touch(node)
+        self._touch(node)
         self._modified(old_parent)
         if new_parent is not old_parent:
             self._modified(new_parent)
@@ -570,17 +622,39 @@ class NodeTable:
             cursor = cursor.parent
         return False
 
+    # ----------------------------------------------------------------- what the table refuses
+
+    def link(self, ino: int, new_parent_ino: int, new_name: bytes) -> NoReturn:
+        """LINK is refused (EPERM): one name per node keeps reclaim simple. PBS links only
+        where ``renameat2`` fails (EINVAL), which it does not here. A name too long for any
+        entry gets ENAMETOOLONG first, as everywhere."""
+        if len(new_name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        raise FsError(errno.EPERM)
+
+    def symlink(self, parent_ino: int, name: bytes, target: bytes) -> NoReturn:
+        """SYMLINK is refused (EPERM): lock directories hold no symbolic links. A name too
+        long for any entry gets ENAMETOOLONG first, as everywhere."""
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        raise FsError(errno.EPERM)
+
+    def readlink(self, ino: int) -> NoReturn:
+        """READLINK: EINVAL, as for any node that is not a symbolic link (none is)."""
+        raise FsError(errno.EINVAL)
+
     # ----------------------------------------------------------------- open files and data
 
-    def open(self, ino: int, *, truncate: bool = False) -> Node:
-        """OPEN a regular file (EISDIR for a directory). ``truncate`` (O_TRUNC) empties it and
-        marks mtime and ctime for update even if it was empty already, as POSIX and tmpfs do."""
+    def open(self, ino: int, flags: int = 0) -> Node:
+        """OPEN a regular file with open(2) ``flags`` (EISDIR for a directory). The kernel
+        passes O_TRUNC here instead of a SETATTR (atomic_o_trunc): it empties the file and marks
+        mtime and ctime for update even if the file was empty already, as POSIX and tmpfs do."""
         node = self.get(ino)
         if node.children is not None:
             raise FsError(errno.EISDIR)
         self._open(node)
-        if truncate:
-            self.truncate(node, 0)
+        if flags & os.O_TRUNC:
+            self._truncate(node, 0)
         return node
 
     def opendir(self, ino: int) -> Node:
@@ -593,7 +667,7 @@ class NodeTable:
 
     def _open(self, node: Node) -> None:
         node.opens += 1
-        self.touch(node)
+        self._touch(node)
         if node.opens == 1:
             self.open_count += 1
             node.open_since = node.last_used
@@ -603,10 +677,10 @@ class NodeTable:
         if node is None or node.opens == 0:
             return
         node.opens -= 1
-        self.touch(node)
+        self._touch(node)
         if node.opens == 0:
             self.open_count -= 1
-            self._maybe_drop(node)
+            self._remove_if_unreferenced(node)
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         node = self.get(ino)
@@ -628,10 +702,12 @@ class NodeTable:
             data.extend(bytes(offset - len(data)))
         data[offset : offset + len(buf)] = buf
         node.mtime_ns = node.ctime_ns = self._now_ns()
-        self.touch(node)
+        self._touch(node)
         return len(buf)
 
-    def truncate(self, node: Node, size: int) -> None:
+    def _truncate(self, node: Node, size: int) -> None:
+        """Set a regular file's size (SETATTR size, OPEN with O_TRUNC); data is never kept for
+        an empty file, so emptying it makes it idle again."""
         if node.children is not None:
             raise FsError(errno.EISDIR)
         if size < 0:
@@ -648,7 +724,7 @@ class NodeTable:
                 data.extend(bytes(size - len(data)))
             node.data = data
         node.mtime_ns = node.ctime_ns = self._now_ns()
-        self.touch(node)
+        self._touch(node)
 
     def setattr(
         self,
@@ -664,7 +740,7 @@ class NodeTable:
         """Change attributes (the kernel already checked permissions: default_permissions)."""
         node = self.get(ino)
         if size is not None:
-            self.truncate(node, size)
+            self._truncate(node, size)
         if mode is not None:
             node.mode = stat.S_IFMT(node.mode) | (mode & 0o7777)
         if uid is not None:
@@ -676,7 +752,7 @@ class NodeTable:
         if mtime_ns is not None:
             node.mtime_ns = mtime_ns
         node.ctime_ns = self._now_ns()
-        self.touch(node)
+        self._touch(node)
         return node
 
     # ----------------------------------------------------------------- consistency

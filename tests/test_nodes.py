@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import stat
 from collections.abc import Callable
 from typing import Any
@@ -11,11 +12,14 @@ import pytest
 from support import FakeClock, FakeWallClock
 
 from lockfs.nodes import (
+    LIMIT_LOG_INTERVAL,
     NAME_MAX,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
+    Capacity,
     FsError,
+    Limits,
     Node,
     NodeTable,
     ReclaimPolicy,
@@ -66,6 +70,16 @@ def names(table: NodeTable, ino: int = ROOT_INO) -> set[bytes]:
 def kernel_forgets(table: NodeTable, node: Node) -> None:
     """The kernel drops every lookup reference it holds on ``node``."""
     table.forget(node.ino, node.lookups)
+
+
+def limited(clock: FakeClock, **limits: int) -> NodeTable:
+    """A table with the given :class:`Limits`."""
+    return NodeTable(
+        policy=ReclaimPolicy(file_delay=FILE_DELAY, dir_grace=DIR_GRACE),
+        limits=Limits(**limits),
+        clock=clock,
+        wall_clock_ns=FakeWallClock(),
+    )
 
 
 # ----------------------------------------------------------------- errors and names
@@ -172,7 +186,22 @@ def test_lookup_touches_node_and_parent(table: NodeTable, clock: FakeClock) -> N
 # ----------------------------------------------------------------- create, open, release
 
 
-def test_create_opens_and_remembers(table: NodeTable, clock: FakeClock) -> None:
+def test_getattr_returns_the_node_and_is_a_use(table: NodeTable, clock: FakeClock) -> None:
+    """GETATTR answers for any node the table holds (ENOENT otherwise) and is a use: a handed-
+    out node is queued again, and its delay starts anew."""
+    f = make_file(table, b"f")
+    clock.advance(FILE_DELAY)
+    assert table.due() == [f] and table.idle_count == 0
+    clock.advance(1)
+    assert table.getattr(f.ino) is f and f.last_used == clock.now
+    assert table.idle_count == 1 and table.due() == []
+    clock.advance(FILE_DELAY)
+    assert table.due() == [f]
+    assert table.getattr(ROOT_INO) is table.root
+    fails(errno.ENOENT, table.getattr, 999)
+
+
+def test_create_opens_and_takes_a_lookup(table: NodeTable, clock: FakeClock) -> None:
     """CREATE returns an open file with one kernel reference, named in its directory."""
     before = table.root.mtime_ns
     node = table.create(ROOT_INO, b"lock", 0o640, UID, 50)
@@ -219,7 +248,7 @@ def test_open_and_opendir_check_the_kind(table: NodeTable) -> None:
     d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
     f = make_file(table, b"f")
     fails(errno.EISDIR, table.open, d.ino)
-    fails(errno.EISDIR, table.open, d.ino, truncate=True)
+    fails(errno.EISDIR, table.open, d.ino, os.O_RDWR | os.O_TRUNC)
     fails(errno.ENOTDIR, table.opendir, f.ino)
     assert d.opens == 0 and f.opens == 0 and table.open_count == 0
     assert table.opendir(d.ino) is d and d.opens == 1
@@ -232,7 +261,7 @@ def test_open_with_truncate_empties_and_marks_times(table: NodeTable, clock: Fak
     for data in (b"journal line\n", b""):
         f = make_file(table, b"f" + data[:1], data=data)
         mtime, ctime, atime = f.mtime_ns, f.ctime_ns, f.atime_ns
-        assert table.open(f.ino, truncate=True) is f
+        assert table.open(f.ino, os.O_WRONLY | os.O_TRUNC) is f
         assert f.size == 0 and f.data is None and f.opens == 1
         assert f.mtime_ns > mtime and f.ctime_ns > ctime and f.atime_ns == atime
         table.release(f.ino)
@@ -240,8 +269,9 @@ def test_open_with_truncate_empties_and_marks_times(table: NodeTable, clock: Fak
         assert table.due() == [f]
     g = make_file(table, b"g", data=b"kept")
     mtime = g.mtime_ns
-    table.open(g.ino)  # without O_TRUNC nothing changes
-    assert table.read(g.ino, 0, 10) == b"kept" and g.mtime_ns == mtime
+    for flags in (os.O_RDONLY, os.O_WRONLY | os.O_APPEND, os.O_RDWR | os.O_CREAT | os.O_EXCL):
+        table.open(g.ino, flags)  # without O_TRUNC nothing changes
+    assert table.read(g.ino, 0, 10) == b"kept" and g.mtime_ns == mtime and g.opens == 3
     table.check()
 
 
@@ -266,6 +296,21 @@ def test_mknod_only_makes_regular_files(table: NodeTable) -> None:
 
 
 # ----------------------------------------------------------------- directories
+
+
+def test_links_and_symlinks_are_refused(table: NodeTable) -> None:
+    """LINK and SYMLINK give EPERM (ENAMETOOLONG for a name no entry may have) and change
+    nothing; READLINK gives EINVAL, no node being a symbolic link."""
+    f = make_file(table, b"f")
+    before = (dict(table.nodes), f.lookups, f.nlink, table.root.mtime_ns)
+    fails(errno.EPERM, table.link, f.ino, ROOT_INO, b"g")
+    fails(errno.EPERM, table.symlink, ROOT_INO, b"s", b"f")
+    fails(errno.ENAMETOOLONG, table.link, f.ino, ROOT_INO, b"g" * (NAME_MAX + 1))
+    fails(errno.ENAMETOOLONG, table.symlink, ROOT_INO, b"s" * (NAME_MAX + 1), b"f")
+    fails(errno.EINVAL, table.readlink, f.ino)
+    fails(errno.EINVAL, table.readlink, ROOT_INO)
+    assert (dict(table.nodes), f.lookups, f.nlink, table.root.mtime_ns) == before
+    assert names(table) == {b"f"}
 
 
 def test_mkdir_and_rmdir(table: NodeTable) -> None:
@@ -568,22 +613,21 @@ def test_empty_write_keeps_file_idle(table: NodeTable, clock: FakeClock) -> None
     assert table.due() == [f]
 
 
-def test_truncate_and_setattr(table: NodeTable) -> None:
-    """Truncate shrinks or zero-extends; 0 empties; dirs EISDIR, negative sizes EINVAL."""
+def test_truncate_by_setattr(table: NodeTable) -> None:
+    """SETATTR size shrinks or zero-extends; 0 empties; dirs EISDIR, negative sizes EINVAL."""
     f = make_file(table, b"f", data=b"abcdef")
-    table.truncate(f, 3)
+    table.setattr(f.ino, size=3)
     assert table.read(f.ino, 0, 10) == b"abc"
     table.setattr(f.ino, size=5)
     assert table.read(f.ino, 0, 10) == b"abc\0\0"
-    table.truncate(f, 0)
+    table.setattr(f.ino, size=0)
     assert f.size == 0 and f.data is None
     g = make_file(table, b"g")
-    table.truncate(g, 2)
+    table.setattr(g.ino, size=2)
     assert table.read(g.ino, 0, 10) == b"\0\0"
     d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
-    fails(errno.EISDIR, table.truncate, d, 0)
     fails(errno.EISDIR, table.setattr, d.ino, size=0)
-    fails(errno.EINVAL, table.truncate, f, -1)
+    fails(errno.EINVAL, table.setattr, f.ino, size=-1)
     fails(errno.ENOENT, table.setattr, 999, mode=0o600)
 
 
@@ -669,30 +713,35 @@ def test_data_file_is_never_due(table: NodeTable, clock: FakeClock) -> None:
 
 
 def test_truncate_to_zero_makes_file_idle(table: NodeTable, clock: FakeClock) -> None:
-    """Emptying a data file (truncate or setattr size 0) makes it reclaimable."""
+    """Emptying a data file (open with O_TRUNC, or setattr size 0) makes it reclaimable."""
     f = make_file(table, b"journal", data=b"entry\n")
     g = make_file(table, b"other", data=b"x")
     clock.advance(100)
-    table.truncate(f, 0)
+    table.open(f.ino, os.O_RDWR | os.O_TRUNC)
+    table.release(f.ino)
     table.setattr(g.ino, size=0)
     assert table.due() == []
     clock.advance(FILE_DELAY)
     assert table.due() == [f, g]
-    table.truncate(f, 1)  # data again: not idle any more
+    table.setattr(f.ino, size=1)  # data again: not idle any more
     kernel_forgets(table, f)
     kernel_forgets(table, g)
     assert f.ino in table.nodes and g.ino not in table.nodes
 
 
 def test_use_resets_the_delay(table: NodeTable, clock: FakeClock) -> None:
-    """Any use (lookup, open, getattr touch) restarts the delay."""
+    """Any use (lookup, getattr, open and release) restarts the delay."""
     f = make_file(table, b"lock")
 
     def open_and_close() -> None:
         table.open(f.ino)
         table.release(f.ino)
 
-    for use in (lambda: table.lookup(ROOT_INO, b"lock"), lambda: table.touch(f), open_and_close):
+    for use in (
+        lambda: table.lookup(ROOT_INO, b"lock"),
+        lambda: table.getattr(f.ino),
+        open_and_close,
+    ):
         clock.advance(FILE_DELAY * 0.8)
         use()
         clock.advance(FILE_DELAY * 0.8)
@@ -721,11 +770,19 @@ def test_due_hands_out_oldest_first(table: NodeTable, clock: FakeClock) -> None:
     b = make_file(table, b"b")
     clock.advance(0.1)
     c = make_file(table, b"c")
-    table.touch(a)  # now the newest
+    table.getattr(a.ino)  # now the newest
     clock.advance(FILE_DELAY - 0.1)
     assert table.due() == [b]
     clock.advance(0.1)
     assert table.due() == [c, a]
+
+
+def test_directory_entries_expire_before_the_directory_is_due() -> None:
+    """The kernel may trust a directory's entry for half the grace only, so a path walk
+    through an unused directory asks again (a use) before the directory can be due."""
+    for grace in (0.2, 10.0, 3600.0):
+        policy = ReclaimPolicy(file_delay=FILE_DELAY, dir_grace=grace)
+        assert policy.dir_entry_timeout == grace / 2 < grace
 
 
 def test_directory_waits_for_dir_grace(table: NodeTable, clock: FakeClock) -> None:
@@ -753,7 +810,7 @@ def test_directory_becomes_idle_when_last_child_goes(table: NodeTable, clock: Fa
     kernel_forgets(table, a)
     assert a.ino not in table.nodes
     assert table.due() == []  # b still holds data
-    table.truncate(b, 0)
+    table.setattr(b.ino, size=0)
     clock.advance(FILE_DELAY)
     assert table.due() == [b]
     kernel_forgets(table, b)
@@ -883,6 +940,22 @@ def _list(table: NodeTable, ino: int, after: int = 0) -> list[tuple[bytes, int, 
     return [(name, node.ino, cookie) for name, node, cookie in table.listing(ino, after)]
 
 
+def readdirplus(
+    table: NodeTable, ino: int, after: int = 0, room: int | None = None
+) -> list[tuple[bytes, int, int]]:
+    """One READDIRPLUS request whose reply holds ``room`` entries (all if None): those sent."""
+    sent: list[tuple[bytes, int, int]] = []
+
+    def reply(name: bytes, node: Node, cookie: int) -> bool:
+        if room is not None and len(sent) >= room:
+            return False
+        sent.append((name, node.ino, cookie))
+        return True
+
+    table.readdirplus(ino, after, reply)
+    return sent
+
+
 def test_listing_entries_and_cookies(table: NodeTable) -> None:
     """'.' and '..' come first (cookies 1, 2), then entries by inode with cookie ino + 2."""
     d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
@@ -940,9 +1013,7 @@ def test_listed_entries_are_referenced_but_not_used(table: NodeTable, clock: Fak
     last_used = f.last_used
     for _ in range(10):  # `ls` every 100 ms for twice the delay
         clock.advance(0.1)
-        for name, node, _ in table.listing(d.ino, 0):
-            if name not in (b".", b".."):
-                table.listed(node)
+        assert len(readdirplus(table, d.ino)) == 4
     assert f.last_used == last_used and f.lookups == 11
     assert table.due() == [f]  # the directory's own listing was a use; its entries' not
     kernel_forgets(table, f)
@@ -963,8 +1034,9 @@ def test_entry_listed_after_being_handed_out_is_queued_again(
     clock.advance(FILE_DELAY)
     assert table.due() == [f, g]
     assert table.idle_count == 0
-    table.listed(f)
-    table.listed(f)  # listed twice: queued once
+    only_f = [(b"f", f.ino, f.ino + 2)]
+    assert readdirplus(table, ROOT_INO, f.ino + 1, room=1) == only_f
+    assert readdirplus(table, ROOT_INO, f.ino + 1, room=1) == only_f  # twice: queued once
     assert table.idle_count == 1
     table.forget(f.ino, 1)  # the FORGET for the reference the invalidation covered
     assert f.lookups == 2 and table.nodes[f.ino] is f
@@ -972,8 +1044,31 @@ def test_entry_listed_after_being_handed_out_is_queued_again(
     kernel_forgets(table, f)
     assert f.ino not in table.nodes
     h = make_file(table, b"h", data=b"x")
-    table.listed(h)  # not idle: not queued
+    readdirplus(table, ROOT_INO, h.ino + 1, room=1)  # not idle: not queued
     assert table.idle_count == 0
+    table.check()
+
+
+def test_readdirplus_references_the_entries_sent_but_not_dots(table: NodeTable) -> None:
+    """Every entry a READDIRPLUS reply holds is a kernel reference, except '.' and '..'; an
+    entry that did not fit is not, and the next request, resumed from the last cookie sent,
+    starts with it."""
+    d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
+    a = make_file(table, b"a", d.ino)
+    b = make_file(table, b"b", d.ino)
+    before = {n.ino: n.lookups for n in (table.root, d, a, b)}
+    assert readdirplus(table, d.ino, room=0) == []
+    first = readdirplus(table, d.ino, room=3)
+    assert [name for name, _, _ in first] == [b".", b"..", b"a"]
+    assert (d.lookups, table.root.lookups) == (before[d.ino], before[ROOT_INO])
+    assert (a.lookups, b.lookups) == (before[a.ino] + 1, before[b.ino])
+    rest = readdirplus(table, d.ino, first[-1][2])
+    assert rest == [(b"b", b.ino, b.ino + 2)]
+    assert (a.lookups, b.lookups) == (before[a.ino] + 1, before[b.ino] + 1)
+    assert readdirplus(table, d.ino, rest[-1][2]) == []
+    assert (d.lookups, table.root.lookups) == (before[d.ino], before[ROOT_INO])
+    fails(errno.ENOTDIR, readdirplus, table, a.ino)
+    assert a.lookups == before[a.ino] + 1
     table.check()
 
 
@@ -986,6 +1081,68 @@ def test_listing_is_a_use_of_the_directory(table: NodeTable, clock: FakeClock) -
     assert table.due() == []
     clock.advance(DIR_GRACE)
     assert table.due() == [d]
+
+
+# ----------------------------------------------------------------- limits
+
+
+def test_entry_limit_gives_enospc_and_capacity_counts_down(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """max_entries bounds the entries held (the root included): STATFS counts down to 0,
+    creating then fails with ENOSPC without touching what exists (logged once a minute, with
+    the busiest directory), and works again once entries go."""
+    table = limited(clock, max_entries=4)
+    assert table.capacity() == Capacity(total=4, free=3, name_max=NAME_MAX)
+    d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
+    f = make_file(table, b"f", d.ino)
+    make_file(table, b"g", data=b"x")
+    assert table.capacity() == Capacity(4, 0, NAME_MAX)
+    fails(errno.ENOSPC, table.create, ROOT_INO, b"h", 0o644, UID, GID)
+    fails(errno.ENOSPC, table.mkdir, d.ino, b"e", 0o755, UID, GID)
+    fails(errno.ENOSPC, table.mknod, d.ino, b"n", 0o644, UID, GID)
+    assert names(table) == {b"d", b"g"} and names(table, d.ino) == {b"f"}
+    logged = [r.getMessage() for r in caplog.records if "entry limit reached" in r.message]
+    assert len(logged) == 1 and "busiest directory: / (2 entries)" in logged[0]
+    clock.advance(LIMIT_LOG_INTERVAL)
+    fails(errno.ENOSPC, table.create, ROOT_INO, b"h", 0o644, UID, GID)
+    assert sum("entry limit reached" in r.message for r in caplog.records) == 2
+    table.unlink(d.ino, b"f")
+    kernel_forgets(table, f)
+    assert table.capacity() == Capacity(4, 1, NAME_MAX)
+    make_file(table, b"h")
+    table.limits.max_entries = 2  # lowered below what is held: nothing free, never negative
+    assert table.capacity() == Capacity(4, 0, NAME_MAX)
+    table.check()
+
+
+def test_file_size_limit_gives_efbig(clock: FakeClock) -> None:
+    """A write or truncate beyond max_file_size fails with EFBIG and leaves the data intact."""
+    table = limited(clock, max_file_size=4)
+    f = make_file(table, b"journal", data=b"abcd")
+    fails(errno.EFBIG, table.write, f.ino, 3, b"xy")
+    fails(errno.EFBIG, table.setattr, f.ino, size=5)
+    assert table.read(f.ino, 0, 10) == b"abcd"
+    assert table.write(f.ino, 2, b"CD") == 2 and table.read(f.ino, 0, 10) == b"abCD"
+
+
+def test_depth_limit_gives_enametoolong(clock: FakeClock) -> None:
+    """No entry deeper than max_depth: creating one, or moving a subtree so that part of it
+    would be, fails with ENAMETOOLONG; moving it where it fits works."""
+    table = limited(clock, max_depth=2)
+    a = table.mkdir(ROOT_INO, b"a", 0o755, UID, GID)
+    b = table.mkdir(a.ino, b"b", 0o755, UID, GID)
+    fails(errno.ENAMETOOLONG, table.mkdir, b.ino, b"c", 0o755, UID, GID)
+    fails(errno.ENAMETOOLONG, table.create, b.ino, b"f", 0o644, UID, GID)
+    x = table.mkdir(ROOT_INO, b"x", 0o755, UID, GID)
+    table.mkdir(x.ino, b"y", 0o755, UID, GID)
+    fails(errno.ENAMETOOLONG, table.rename, ROOT_INO, b"x", a.ino, b"x", 0)
+    fails(errno.ENAMETOOLONG, table.rename, ROOT_INO, b"x", a.ino, b"b", RENAME_EXCHANGE)
+    assert names(table) == {b"a", b"x"} and names(table, a.ino) == {b"b"}
+    table.rmdir(a.ino, b"b")
+    table.rename(ROOT_INO, b"a", x.ino, b"a", 0)  # x/a, now empty: fits
+    assert table.child(x.ino, b"a").depth == 2
+    table.check()
 
 
 # ----------------------------------------------------------------- check()

@@ -2,8 +2,10 @@
 
 The machine plays the kernel. It keeps what the kernel holds (lookup counts and open handles
 per inode) and a shadow of the namespace it created, and only sends requests the kernel could
-send (on inodes it references). After every step it checks that the table agrees with the
-shadow, that only idle, unreferenced nodes whose delay passed ever vanished, that inode
+send (on inodes it references). It sends them through the table methods the adapter
+(lockfs.fuse_ops) calls, with the arguments the adapter passes on, so a rule broken there
+shows up here. After every step it checks that the table agrees with the shadow (and saw
+every use), that only idle, unreferenced nodes whose delay passed ever vanished, that inode
 numbers are never reused, and, on a copy of the table, that nothing leaks once every
 reference is gone.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import os
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, settings
@@ -20,20 +23,38 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from support import FakeClock, FakeWallClock
 
 from lockfs.nodes import (
+    NAME_MAX,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
+    Capacity,
     FsError,
+    Limits,
+    Node,
     NodeTable,
     ReclaimPolicy,
 )
 
 FILE_DELAY = 1.0
 DIR_GRACE = 3.0
+#: Entry limits (max_entries) an example runs with: small ones make creating hit ENOSPC.
+MAX_ENTRIES = st.sampled_from([1_000_000, 6, 4])
 NAMES = st.sampled_from([b"a", b"b", b"c"])
 PICK = st.integers(min_value=0, max_value=50)
 KINDS = st.sampled_from(["create", "mknod", "mkdir"])
 FLAGS = st.sampled_from([0, RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_NOREPLACE | RENAME_EXCHANGE])
+#: open(2) flags as OPEN passes them on (O_CREAT and O_EXCL are the kernel's; O_TRUNC is not).
+OPEN_FLAGS = st.sampled_from(
+    [
+        os.O_RDONLY,
+        os.O_WRONLY,
+        os.O_RDWR | os.O_APPEND,
+        os.O_RDWR | os.O_TRUNC,
+        os.O_WRONLY | os.O_TRUNC | os.O_APPEND,
+    ]
+)
+#: A readdirplus entry as the kernel received it: name, inode, cookie.
+Listed = tuple[bytes, int, int]
 
 
 @dataclass
@@ -88,6 +109,7 @@ class NodeTableMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.table = NodeTable(
             policy=ReclaimPolicy(file_delay=FILE_DELAY, dir_grace=DIR_GRACE),
+            limits=Limits(),
             clock=self.clock,
             wall_clock_ns=FakeWallClock(),
         )
@@ -127,6 +149,12 @@ class NodeTableMachine(RuleBasedStateMachine):
     def lookups_held(self, *, dirs: bool | None = None) -> list[int]:
         """Inodes the kernel holds a lookup on (root included): it can open them."""
         return [i for i in self.known(dirs=dirs) if i == ROOT_INO or self.lookups.get(i, 0)]
+
+    def in_use(self) -> list[int]:
+        """Inodes a process can name: the kernel holds a lookup or the process an open handle
+        (so it can stat, fstat, ftruncate them)."""
+        held = self.lookups_held() + [i for i in self.opens if self.open_handles(i) > 0]
+        return sorted(set(held))
 
     def open_handles(self, ino: int) -> int:
         """Handles of ``ino`` a process can still use (not being released)."""
@@ -182,14 +210,16 @@ class NodeTableMachine(RuleBasedStateMachine):
         tree=st.lists(
             st.tuples(PICK, NAMES, KINDS, st.booleans(), st.sampled_from(["keep", "forget", "rm"])),
             max_size=10,
-        )
+        ),
+        max_entries=MAX_ENTRIES,
     )
-    def populate(self, tree: list[tuple[int, bytes, str, bool, str]]) -> None:
+    def populate(self, tree: list[tuple[int, bytes, str, bool, str]], max_entries: int) -> None:
         """Start from a random tree, so that requests often find something to work on.
 
         Files may get data and be closed; then the kernel keeps the entry, forgets it, or a
-        process removes it while the kernel still holds it.
+        process removes it while the kernel still holds it. The entry limit is set first.
         """
+        self.table.limits.max_entries = max_entries
         for p, name, kind, data, then in tree:
             before = set(self.shadow)
             self.make(p, name, kind, existing=False)
@@ -224,6 +254,8 @@ class NodeTableMachine(RuleBasedStateMachine):
             errors.add(errno.ENOENT)
         if name in self.children(parent):
             errors.add(errno.EEXIST)
+        if len(self.shadow) >= self.table.limits.max_entries:
+            errors.add(errno.ENOSPC)
         made = []
         mode = 0o755 if kind == "mkdir" else 0o644
         method = getattr(self.table, kind)
@@ -339,12 +371,41 @@ class NodeTableMachine(RuleBasedStateMachine):
             self.shadow[src].name = new
             self.used(src, old_parent, new_parent)
 
-    @rule(p=PICK, plus=st.booleans(), resume=PICK)
-    def readdir(self, p: int, plus: bool, resume: int) -> None:
-        """List a directory (optionally readdirplus, which adds lookups) and resume mid-way."""
+    def readdirplus(self, directory: int, after: int, room: int | None) -> list[Listed]:
+        """One READDIRPLUS request, as the adapter makes it, into a reply with room for ``room``
+        entries (all if None): the entries sent. Listing uses the directory."""
+        sent: list[Listed] = []
+
+        def reply(name: bytes, node: Node, cookie: int) -> bool:
+            if room is not None and len(sent) >= room:
+                return False  # the kernel's buffer is full
+            sent.append((name, node.ino, cookie))
+            return True
+
+        self.table.readdirplus(directory, after, reply)
+        self.used(directory)
+        return sent
+
+    def take_listed(self, sent: list[Listed]) -> None:
+        """The kernel takes a lookup reference on every entry a readdirplus reply held,
+        except "." and ".." (fuse_direntplus_link skips them); an entry is not a use."""
+        for name, ino, _ in sent:
+            if name != b"." and name != b"..":
+                self.lookups[ino] = self.lookups.get(ino, 0) + 1
+
+    @rule(p=PICK, room=st.integers(min_value=0, max_value=5), resume=PICK)
+    def readdir(self, p: int, room: int, resume: int) -> None:
+        """`ls`: READDIRPLUS until the end, the first reply holding ``room`` entries; then a
+        listing resumed after one of the cookies (a seekdir) gives exactly the rest."""
         directory = self.pick(self.lookups_held(dirs=True), p)
         assert directory is not None
-        full = [(name, node.ino, cookie) for name, node, cookie in self.table.listing(directory, 0)]
+        full = self.readdirplus(directory, 0, room)
+        while True:
+            more = self.readdirplus(directory, full[-1][2] if full else 0, None)
+            if not more:
+                break
+            full += more
+        self.take_listed(full)
         shadow = self.shadow[directory]
         dotdot = directory if shadow.parent is None else shadow.parent
         expected = [(b".", directory), (b"..", dotdot)]
@@ -353,14 +414,9 @@ class NodeTableMachine(RuleBasedStateMachine):
         cookies = [cookie for _, _, cookie in full]
         assert cookies == sorted(set(cookies))
         cut = resume % len(full)
-        rest = [(n, node.ino, c) for n, node, c in self.table.listing(directory, cookies[cut])]
+        rest = self.readdirplus(directory, cookies[cut], None)
+        self.take_listed(rest)
         assert rest == full[cut + 1 :]
-        self.used(directory)
-        if plus:  # each entry is a lookup, but not a use (lockfs.fuse_ops readdir)
-            for name, ino, _ in full[2:]:
-                self.table.listed(self.table.nodes[ino])
-                self.lookups[ino] = self.lookups.get(ino, 0) + 1
-                assert self.table.nodes[ino].name == name
 
     # ------------------------------------------------------------- references
 
@@ -392,16 +448,16 @@ class NodeTableMachine(RuleBasedStateMachine):
         self.lookups[ino] = 0
         self.closing[ino] = self.opens[ino]
 
-    @rule(p=PICK, trunc=st.booleans())
-    def open(self, p: int, trunc: bool) -> None:
-        """OPEN (maybe with O_TRUNC) a known file or OPENDIR a known directory."""
+    @rule(p=PICK, flags=OPEN_FLAGS)
+    def open(self, p: int, flags: int) -> None:
+        """OPEN a known file with the flags the kernel passes on, or OPENDIR a known directory."""
         ino = self.pick(self.lookups_held(), p)
         assert ino is not None
         if self.shadow[ino].is_dir:
             node = self.table.opendir(ino)
         else:
-            node = self.table.open(ino, truncate=trunc)
-            if trunc:
+            node = self.table.open(ino, flags)
+            if flags & os.O_TRUNC:
                 self.shadow[ino].data.clear()
         assert node.ino == ino
         self.opens[ino] = self.opens.get(ino, 0) + 1
@@ -438,19 +494,51 @@ class NodeTableMachine(RuleBasedStateMachine):
             data[offset : offset + len(buf)] = buf
             self.used(ino)
 
-    @rule(p=PICK, size=st.sampled_from([0, 0, 1, 3]))
-    def truncate(self, p: int, size: int) -> None:
-        """SETATTR size (truncate) on a known inode; directories give EISDIR."""
-        candidates = self.lookups_held() + [i for i in self.opens if self.open_handles(i) > 0]
-        ino = self.pick(sorted(set(candidates) - {ROOT_INO}), p)
+    @rule(
+        p=PICK,
+        size=st.sampled_from([None, 0, 0, 1, 3]),
+        mode=st.sampled_from([None, 0o600, 0o2775]),
+    )
+    def setattr(self, p: int, size: int | None, mode: int | None) -> None:
+        """SETATTR size (truncate) and/or mode on a known inode; a size for a directory gives
+        EISDIR."""
+        ino = self.pick(sorted(set(self.in_use()) - {ROOT_INO}), p)
         if ino is None:
             return
         shadow = self.shadow[ino]
-        errors = {errno.EISDIR} if shadow.is_dir else set()
-        if self.expect(errors, lambda: self.table.setattr(ino, size=size)):
-            del shadow.data[size:]
-            shadow.data.extend(bytes(size - len(shadow.data)))
+        errors = {errno.EISDIR} if shadow.is_dir and size is not None else set()
+        if self.expect(errors, lambda: self.table.setattr(ino, size=size, mode=mode)):
+            if size is not None:
+                del shadow.data[size:]
+                shadow.data.extend(bytes(size - len(shadow.data)))
+            if mode is not None:
+                assert self.table.nodes[ino].mode & 0o7777 == mode
             self.used(ino)
+
+    @rule(p=PICK)
+    def getattr(self, p: int) -> None:
+        """GETATTR (stat, fstat) of an inode in use: a use of it."""
+        ino = self.pick(self.in_use(), p)
+        assert ino is not None  # the root is always in use
+        node = self.table.getattr(ino)
+        assert node.ino == ino and bytes(node.data or b"") == bytes(self.shadow[ino].data)
+        self.used(ino)
+
+    @rule(p=PICK, q=PICK, name=NAMES, long=st.booleans())
+    def refused(self, p: int, q: int, name: bytes, long: bool) -> None:
+        """LINK and SYMLINK (EPERM; ENAMETOOLONG for an impossible name) and READLINK (EINVAL)
+        change nothing; STATFS counts what is left of the entry limit."""
+        ino = self.pick(self.in_use(), p)
+        parent = self.pick(self.lookups_held(dirs=True), q)
+        assert ino is not None and parent is not None
+        if long:
+            name *= NAME_MAX + 1
+        refusal = {errno.ENAMETOOLONG} if long else {errno.EPERM}
+        self.expect(refusal, lambda: self.table.link(ino, parent, name))
+        self.expect(refusal, lambda: self.table.symlink(parent, name, b"target"))
+        self.expect({errno.EINVAL}, lambda: self.table.readlink(ino))
+        limit = self.table.limits.max_entries
+        assert self.table.capacity() == Capacity(limit, limit - len(self.shadow), NAME_MAX)
 
     @rule(p=PICK, offset=st.integers(min_value=0, max_value=4), size=st.integers(0, 4))
     def read(self, p: int, offset: int, size: int) -> None:
@@ -492,13 +580,14 @@ class NodeTableMachine(RuleBasedStateMachine):
                 (self.table.opendir if node.is_dir else self.table.open)(node.ino)
                 self.opens[node.ino] = 1
                 self.used(node.ino)
-            if listed:
-                self.table.listed(node)
+            sent = []
+            if listed:  # `ls` of the parent, from just before the node, one entry
+                sent = self.readdirplus(shadow.parent, node.ino + 1, 1)
+                assert sent == [(node.name, node.ino, node.ino + 2)]
             if not self.opens.get(node.ino):
                 self.table.forget(node.ino, self.lookups[node.ino])
                 self.lookups[node.ino] = 0
-            if listed:
-                self.lookups[node.ino] = self.lookups.get(node.ino, 0) + 1
+            self.take_listed(sent)
 
     # ------------------------------------------------------------- invariants
 
@@ -525,7 +614,7 @@ class NodeTableMachine(RuleBasedStateMachine):
                     assert not shadow.data, f"file {ino} with data was reclaimed"
                     waited = self.now - shadow.last_use
                     assert waited >= _delay(shadow), f"{ino} reclaimed after {waited}s"
-                    self.used(shadow.parent)  # _drop is a use of the directory
+                    self.used(shadow.parent)  # _reclaim is a use of the directory
                 self.lookups.pop(ino, None)
                 self.opens.pop(ino, None)
                 self.closing.pop(ino, None)
@@ -539,6 +628,7 @@ class NodeTableMachine(RuleBasedStateMachine):
         for ino, shadow in self.shadow.items():
             node = self.table.nodes[ino]
             assert node.ino == ino and node.is_dir == shadow.is_dir
+            assert node.last_used >= shadow.last_use, "a use the table did not see"
             assert node.lookups == self.lookups.get(ino, 0)
             assert node.opens == self.opens.get(ino, 0)
             assert bytes(node.data or b"") == bytes(shadow.data), "data lost or changed"
