@@ -6,6 +6,10 @@ same parameters on both, prints a table per section and unmounts both at the end
 errors and Ctrl-C. ``--mount DIR`` measures an existing lockfs mount instead (counters then
 come from its control socket); ``--tmpfs DIR`` an existing tmpfs.
 
+The hot and cold sections also run on a reference server, a minimal pyfuse3 + trio server with
+lockfs's cache timeouts (:mod:`lockfs.bench_reference`), to show lockfs against the limit of
+the framework it runs on.
+
 Sections (see docs/benchmark.md for what each figure means and how it is measured):
 
 * **hot**: one path, ``open(O_RDWR|O_CREAT)`` + ``flock(LOCK_EX)`` + ``close``, 1 and N
@@ -44,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__, bench_workers
+from . import __version__, bench_reference, bench_workers
 from .control import ControlError, query
 from .mounts import is_busy, is_lockfs_mounted, mounts_at, umount
 
@@ -297,6 +301,8 @@ class Target:
     reclaim_delay: float = 0.0
     dir_grace: float = 0.0
     daemon_pid: int | None = None
+    #: False for a reference server (bench_reference): it keeps its entries, nothing to wait for.
+    reclaims: bool = True
 
     @property
     def is_lockfs(self) -> bool:
@@ -315,6 +321,8 @@ class Target:
         if not self.is_lockfs:
             remove_contents(self.root)
             return {}
+        if not self.reclaims:
+            return {"settled": None, "reclaim_s": None, "status": self.status()}
         polled = wait_until(
             lambda: (s := self.status())["nodes"] <= self.idle_nodes and s,
             self.settle_timeout(),
@@ -568,10 +576,17 @@ class Bench:
     drop: bool
     owner: tuple[int, int] = field(default_factory=lock_owner)
     next_index: int = 0
+    #: Reference servers measured beside tmpfs and lockfs in the hot and cold sections.
+    references: list[Target] = field(default_factory=list)
 
     @property
     def targets(self) -> tuple[Target, Target]:
         return self.tmpfs, self.lockfs
+
+    @property
+    def run_targets(self) -> tuple[Target, ...]:
+        """Targets of the hot and cold sections: tmpfs, the reference servers, lockfs."""
+        return self.tmpfs, *self.references, self.lockfs
 
     @property
     def proc_counts(self) -> list[int]:
@@ -609,11 +624,12 @@ def section_hot(bench: Bench) -> dict[str, Any]:
     runs = []
     for procs in bench.proc_counts:
         run: dict[str, Any] = {"procs": procs, "cycles": cycles}
-        for target in bench.targets:
+        for target in bench.run_targets:
             log(f"hot: {cycles:,} cycles, {procs} processes, {target.name}")
             path = os.path.join(target.root, "hot", "vm-100.lck")
             run[target.name] = bench.hot_run(target, path, cycles, procs)
         run["ratio"] = ratios(run["tmpfs"], run["lockfs"], RUN_RATIO_KEYS)
+        run.update(bench_reference.reference_ratios(run))
         runs.append(run)
     return {"cycles": cycles, "runs": runs}
 
@@ -625,12 +641,13 @@ def section_cold(bench: Bench) -> dict[str, Any]:
     for procs in bench.proc_counts:
         run: dict[str, Any] = {"procs": procs, "cycles": cycles}
         indices = bench.allocate(cycles)
-        for target in bench.targets:
+        for target in bench.run_targets:
             log(f"cold: {cycles:,} cycles, {procs} processes, {target.name}")
             target.settle()
             jobs = bench.cold_jobs(target, indices, procs)
             run[target.name] = timed_run(target, "cold", jobs, settle=True)
         run["ratio"] = ratios(run["tmpfs"], run["lockfs"], RUN_RATIO_KEYS)
+        run.update(bench_reference.reference_ratios(run))
         runs.append(run)
     return {"cycles": cycles, "runs": runs}
 
@@ -817,26 +834,47 @@ def render_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]
 RUN_HEADER = ("", "tmpfs", "lockfs", "lockfs/tmpfs")
 
 
+def run_header(run: dict[str, Any]) -> tuple[str, ...]:
+    """Columns of a run's table: tmpfs, reference servers, lockfs, then lockfs's ratios."""
+    refs = bench_reference.columns_of(run)
+    return ("", "tmpfs", *refs, "lockfs", "lockfs/tmpfs", *(f"lockfs/{name}" for name in refs))
+
+
 def run_rows(run: dict[str, Any], *, cold: bool) -> list[list[Any]]:
-    """Rows of one tmpfs/lockfs pair of timed runs."""
+    """Rows of one set of timed runs: tmpfs, the reference servers (if any) and lockfs."""
     t, lf, r = run["tmpfs"], run["lockfs"], run["ratio"]
     reclaim = lf.get("with_reclaim", lf)
+    refs = [bench_reference.daemon_view(run[n]) for n in bench_reference.columns_of(run)]
+    ref_ratios = [run[f"ratio_{n}"] for n in bench_reference.columns_of(run)]
     suffix = " (incl. reclaim)" if cold else ""
+
+    def row(label: str, key: str, tmpfs: Any, lockfs: Any, ratio: Any) -> list[Any]:
+        return [
+            label,
+            tmpfs,
+            *(ref.get(key) for ref in refs),
+            lockfs,
+            ratio,
+            *(ratios.get(key) for ratios in ref_ratios),
+        ]
+
+    def both(label: str, key: str) -> list[Any]:
+        return row(label, key, t[key], lf[key], r.get(key))
+
     return [
-        ["µs per cycle (wall / cycles)", t["us_per_cycle"], lf["us_per_cycle"], r["us_per_cycle"]],
-        ["µs per cycle, per process", t["latency_us"], lf["latency_us"], r["latency_us"]],
-        ["cycles/s", t["cycles_per_s"], lf["cycles_per_s"], r["cycles_per_s"]],
-        ["client CPU µs/cycle", t["client_cpu_us_per_cycle"], lf["client_cpu_us_per_cycle"], None],
-        ["daemon CPU µs/cycle" + suffix, None, reclaim["daemon_cpu_us_per_cycle"], None],
-        [
-            "total CPU µs/cycle",
-            t["total_cpu_us_per_cycle"],
-            lf["total_cpu_us_per_cycle"],
-            r["total_cpu_us_per_cycle"],
-        ],
-        ["FUSE requests/cycle" + suffix, None, reclaim["requests_total_per_cycle"], None],
-        ["daemon CPU µs/request" + suffix, None, reclaim["daemon_cpu_us_per_request"], None],
-    ]
+        both("µs per cycle (wall / cycles)", "us_per_cycle"),
+        both("µs per cycle, per process", "latency_us"),
+        both("cycles/s", "cycles_per_s"),
+        row("client CPU µs/cycle", "client_cpu_us_per_cycle", t["client_cpu_us_per_cycle"],
+            lf["client_cpu_us_per_cycle"], None),
+        row("daemon CPU µs/cycle" + suffix, "daemon_cpu_us_per_cycle", None,
+            reclaim["daemon_cpu_us_per_cycle"], None),
+        both("total CPU µs/cycle", "total_cpu_us_per_cycle"),
+        row("FUSE requests/cycle" + suffix, "requests_total_per_cycle", None,
+            reclaim["requests_total_per_cycle"], None),
+        row("daemon CPU µs/request" + suffix, "daemon_cpu_us_per_request", None,
+            reclaim["daemon_cpu_us_per_request"], None),
+    ]  # fmt: skip
 
 
 def render_runs(title: str, section: dict[str, Any], *, cold: bool) -> str:
@@ -845,7 +883,7 @@ def render_runs(title: str, section: dict[str, Any], *, cold: bool) -> str:
         blocks.append(
             render_table(
                 f"{title}: {run['cycles']:,} cycles, {run['procs']} process(es)",
-                RUN_HEADER,
+                run_header(run),
                 run_rows(run, cold=cold),
             )
         )
@@ -872,7 +910,15 @@ def request_columns(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]
 
 def render_requests(results: dict[str, Any]) -> str:
     """FUSE requests per cycle by type, one column per lockfs measurement."""
-    cols = request_columns(results)
+    return render_request_table(
+        "FUSE requests per cycle by type (lockfs; cold columns include reclaim and FORGET)",
+        request_columns(results),
+    )
+
+
+def render_request_table(title: str, cols: list[tuple[str, dict[str, Any]]]) -> str:
+    """Requests per cycle by type, total, daemon CPU per cycle and per request; one column
+    per measurement."""
     if not cols:
         return ""
     seen = {name for _, figures in cols for name in figures.get("requests_per_cycle", {})}
@@ -885,11 +931,7 @@ def render_requests(results: dict[str, Any]) -> str:
     rows.append(["total", *(f.get("requests_total_per_cycle") for _, f in cols)])
     rows.append(["daemon CPU µs/cycle", *(f.get("daemon_cpu_us_per_cycle") for _, f in cols)])
     rows.append(["daemon CPU µs/request", *(f.get("daemon_cpu_us_per_request") for _, f in cols)])
-    return render_table(
-        "FUSE requests per cycle by type (lockfs; cold columns include reclaim and FORGET)",
-        ["request", *(label for label, _ in cols)],
-        rows,
-    )
+    return render_table(title, ["request", *(label for label, _ in cols)], rows)
 
 
 def mib(value: int | None) -> float | None:
@@ -974,7 +1016,8 @@ def render(results: dict[str, Any]) -> str:
         f"Linux {meta['kernel']}, Python {meta['python']}, pyfuse3 {meta['pyfuse3']}, "
         f"trio {meta['trio']}\nlockfs {cfg['lockfs_mount']} reclaim_delay={cfg['reclaim_delay']} "
         f"dir_grace={cfg['dir_grace']}; tmpfs {cfg['tmpfs_mount']}; {cfg['procs']} processes "
-        f"for N; preset {cfg['preset']}"
+        f"for N; preset {cfg['preset']}; reference servers: "
+        f"{', '.join(cfg.get('references', [])) or 'none'}"
     ]
     if "hot" in results:
         blocks.append(
@@ -993,6 +1036,13 @@ def render(results: dict[str, Any]) -> str:
     requests = render_requests(results)
     if requests:
         blocks.append(requests)
+    for name in bench_reference.REFERENCES:
+        table = render_request_table(
+            f"FUSE requests per cycle by type ({name} server)",
+            bench_reference.request_columns(results, name),
+        )
+        if table:
+            blocks.append(table)
     for section, error in results.get("errors", {}).items():
         blocks.append(f"{section}: FAILED: {error}")
     return "\n\n".join(blocks) + "\n"
@@ -1009,14 +1059,23 @@ def _die_with_parent() -> None:
 
 
 class OwnDaemon:
-    """A ``lockfs -f`` daemon in a subprocess, mounted at a temporary directory."""
+    """A ``lockfs -f`` daemon in a subprocess, mounted at a temporary directory (or another
+    server: ``command``, mounted when ``mounted(mountpoint)``, with a control socket)."""
 
-    def __init__(self, mountpoint: str, options: str, log_path: str) -> None:
+    def __init__(
+        self,
+        mountpoint: str,
+        options: str,
+        log_path: str,
+        command: list[str] | None = None,
+        mounted: Callable[[str], bool] = is_lockfs_mounted,
+    ) -> None:
         self.mountpoint = mountpoint
         self.log_path = log_path
+        self.mounted = mounted
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        cmd = [sys.executable, "-m", "lockfs", mountpoint, "-f", "-o", options]
+        cmd = command or [sys.executable, "-m", "lockfs", mountpoint, "-f", "-o", options]
         with open(log_path, "wb") as log_file:
             self.proc = subprocess.Popen(
                 cmd,
@@ -1035,8 +1094,10 @@ class OwnDaemon:
     def wait_ready(self, timeout: float = 20) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:
             if self.proc.poll() is not None:
-                raise BenchError(f"lockfs exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if not is_lockfs_mounted(self.mountpoint) or os.stat(self.mountpoint).st_ino != 1:
+                raise BenchError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            if not self.mounted(self.mountpoint) or os.stat(self.mountpoint).st_ino != 1:
                 return None
             try:
                 return query(self.mountpoint, "status")
@@ -1045,22 +1106,26 @@ class OwnDaemon:
 
         polled = wait_until(ready, timeout)
         if polled is None:
-            raise BenchError(f"lockfs did not answer at {self.mountpoint} in {timeout}s")
+            raise BenchError(f"{self.name} did not answer at {self.mountpoint} in {timeout}s")
         return polled[0]
 
     def stop(self) -> None:
         """SIGTERM (the daemon unmounts when nothing is open), then force if needed."""
         if self.proc.poll() is not None:
-            log(f"lockfs daemon had exited ({self.proc.returncode}):\n{self.log_tail()}")
+            log(f"{self.name} had exited ({self.proc.returncode}):\n{self.log_tail()}")
         else:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                log("lockfs daemon did not stop on SIGTERM: killing it")
+                log(f"{self.name} did not stop on SIGTERM: killing it")
                 self.proc.kill()
                 self.proc.wait()
-        unmount(self.mountpoint, is_lockfs_mounted)
+        unmount(self.mountpoint, self.mounted)
+
+    @property
+    def name(self) -> str:
+        return "lockfs daemon" if self.mounted is is_lockfs_mounted else "reference server"
 
 
 def unmount(path: str, mounted: Callable[[str], bool]) -> None:
@@ -1089,16 +1154,18 @@ def kill_workers() -> None:
 
 
 @contextlib.contextmanager
-def environment(args: argparse.Namespace) -> Iterator[tuple[Target, Target]]:
-    """The tmpfs and lockfs targets; whatever the bench mounted is unmounted on the way out."""
+def environment(args: argparse.Namespace) -> Iterator[tuple[Target, Target, list[Target]]]:
+    """The tmpfs and lockfs targets and the reference servers; whatever the bench mounted is
+    unmounted on the way out."""
     with contextlib.ExitStack() as stack:
         tmp = tempfile.mkdtemp(prefix="lockfs-bench-")
         stack.callback(shutil.rmtree, tmp, ignore_errors=True)
         stack.callback(kill_workers)  # runs first: nothing may keep the mounts busy
         tmpfs = _tmpfs_target(args, tmp, stack)
         lockfs = _lockfs_target(args, tmp, stack)
+        references = _reference_targets(args, tmp, stack, lockfs)
         stack.callback(kill_workers)
-        yield tmpfs, lockfs
+        yield tmpfs, lockfs, references
 
 
 def _tmpfs_target(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> Target:
@@ -1146,6 +1213,35 @@ def _lockfs_target(args: argparse.Namespace, tmp: str, stack: contextlib.ExitSta
     )
 
 
+def _reference_targets(
+    args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack, lockfs: Target
+) -> list[Target]:
+    """The reference servers (bench_reference), with lockfs's cache timeouts."""
+    if args.no_reference:
+        return []
+    mountpoint = os.path.join(tmp, bench_reference.MINIMAL)
+    os.mkdir(mountpoint)
+    log(f"starting the minimal pyfuse3 server at {mountpoint}")
+    server = OwnDaemon(
+        mountpoint,
+        "",
+        os.path.join(tmp, "minimal.log"),
+        command=bench_reference.minimal_command(mountpoint, lockfs.dir_grace),
+        mounted=bench_reference.is_minimal_mounted,
+    )
+    stack.callback(server.stop)
+    status = server.wait_ready()
+    return [
+        Target(
+            bench_reference.MINIMAL,
+            mountpoint,
+            mountpoint,
+            daemon_pid=status["pid"],
+            reclaims=False,
+        )
+    ]
+
+
 # --------------------------------------------------------------------- command line
 
 
@@ -1175,6 +1271,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", metavar="FILE", help="write all numbers to FILE")
     parser.add_argument("--keep-going", action="store_true", help="run later sections on errors")
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="do not run hot and cold cycles on the minimal pyfuse3 server too",
+    )
     parser.add_argument(
         "--no-drop-caches", action="store_true", help="do not drop caches before slab readings"
     )
@@ -1240,7 +1341,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     sizes = sizes_from(args)
     results: dict[str, Any] = {"meta": machine_facts(), "errors": {}}
     try:
-        with environment(args) as (tmpfs, lockfs):
+        with environment(args) as (tmpfs, lockfs, references):
             results["config"] = {
                 "preset": args.preset,
                 "sizes": asdict(sizes),
@@ -1248,13 +1349,20 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
                 "held_procs": args.held_procs,
                 "lockfs_mount": args.mount or "own",
                 "tmpfs_mount": args.tmpfs or "own",
+                "references": [target.name for target in references],
                 "reclaim_delay": lockfs.reclaim_delay,
                 "dir_grace": lockfs.dir_grace,
                 "drop_caches": not args.no_drop_caches,
                 "command": " ".join(["python -m lockfs.bench", *(argv or sys.argv[1:])]),
             }
             bench = Bench(
-                tmpfs, lockfs, sizes, args.procs, args.held_procs, not args.no_drop_caches
+                tmpfs,
+                lockfs,
+                sizes,
+                args.procs,
+                args.held_procs,
+                not args.no_drop_caches,
+                references=references,
             )
             run_sections(bench, args.sections, results, args.keep_going)
     except KeyboardInterrupt:
