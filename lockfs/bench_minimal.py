@@ -2,7 +2,8 @@
 
 ``python -m lockfs.bench_minimal MOUNTPOINT --dir-entry-timeout S`` mounts a filesystem that
 answers the requests of a lock cycle the cheapest way pyfuse3 allows, with lockfs's mount
-options and cache timeouts, but nothing else: no reclaim, no lookup counting,
+options, cache timeouts and request loop (:mod:`lockfs.request_loop`; ``--stock-loop``:
+pyfuse3's own), but nothing else: no reclaim, no lookup counting,
 no idle queues, no limits, no error boundary. Each inode's reply is one ``EntryAttributes``
 kept from its creation and changed in place. Whatever lockfs costs beyond this server is
 lockfs's own work; the bench reports lockfs / this server beside lockfs / tmpfs.
@@ -28,6 +29,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+from . import request_loop
 from .control import serve_control, socket_path
 from .fuse_ops import BLOCK_SIZE, CACHE_TIMEOUT
 from .mounts import umount
@@ -218,9 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lockfs.bench_minimal")
     parser.add_argument("mountpoint")
     parser.add_argument("--dir-entry-timeout", type=float, default=5.0, metavar="SECONDS")
+    parser.add_argument(
+        "--stock-loop", action="store_true", help="pyfuse3's own request loop, not lockfs's"
+    )
     args = parser.parse_args(argv)
     mountpoint = os.path.realpath(args.mountpoint)
     ops = MinimalOperations(args.dir_entry_timeout)
+    if not args.stock_loop:
+        request_loop.install()
     options = {*ALWAYS, "fsname=lockfs-bench", f"subtype={SUBTYPE}"}
     pyfuse3.init(ops, mountpoint, options)
     try:

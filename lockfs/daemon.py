@@ -18,6 +18,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
+from . import request_loop
 from .commands import ControlCommands
 from .control import serve_control, socket_path
 from .fuse_ops import LockOperations
@@ -79,6 +80,7 @@ class Daemon:
 
     def mount(self) -> None:
         """Mount the filesystem (requests wait in the kernel until :meth:`serve` runs)."""
+        request_loop.install()
         pyfuse3.init(self.ops, self.mountpoint, self.options.fuse_options(self.fsname))
         self._mounted = True
         # The caller holds the mountpoint claim, so the topmost lockfs here is this one.
@@ -113,7 +115,8 @@ class Daemon:
                 nursery.start_soon(self.watchdog.heartbeat)
                 self.watchdog.start()
             on_ready()
-            # Handlers never wait, so one worker task serves every request in turn.
+            # Handlers never wait, so one worker task serves every request in turn (more
+            # tasks would only add scheduling); request_loop spares it most scheduler passes.
             await pyfuse3.main(min_tasks=1, max_tasks=1)
             if self.watchdog is not None:
                 self.watchdog.stop()
