@@ -70,8 +70,10 @@ def reference_ratios(run: dict[str, Any]) -> dict[str, dict[str, float | None]]:
         ratios: dict[str, float | None] = {}
         for key in RATIO_KEYS:
             a, b = reference.get(key), lockfs.get(key)
-            ok = isinstance(a, int | float) and isinstance(b, int | float) and a
-            ratios[key] = b / a if ok else None
+            if isinstance(a, int | float) and isinstance(b, int | float) and a:
+                ratios[key] = b / a
+            else:
+                ratios[key] = None
         out[f"ratio_{name}"] = ratios
     return out
 

@@ -16,9 +16,9 @@ from lockfs import request_loop
 @pytest.fixture
 def shim(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     """pyfuse3's ``trio`` as request_loop installs it (restored afterwards)."""
-    monkeypatch.setattr(pyfuse3, "trio", pyfuse3.trio)
+    monkeypatch.setattr(pyfuse3, "trio", vars(pyfuse3)["trio"])
     request_loop.install()
-    yield pyfuse3.trio
+    yield vars(pyfuse3)["trio"]
 
 
 @pytest.fixture
