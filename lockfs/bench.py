@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__, bench_reference, bench_workers
+from . import __version__, bench_reference, bench_rounds, bench_workers
 from .control import ControlError, query
 from .mounts import is_busy, is_lockfs_mounted, mounts_at, umount
 
@@ -578,6 +578,8 @@ class Bench:
     next_index: int = 0
     #: Reference servers measured beside tmpfs and lockfs in the hot and cold sections.
     references: list[Target] = field(default_factory=list)
+    #: Rounds the hot and cold runs are cut into, the targets taking turns (bench_rounds).
+    rounds: int = 1
 
     @property
     def targets(self) -> tuple[Target, Target]:
@@ -618,16 +620,56 @@ class Bench:
         return timed_run(target, "hot", self.hot_jobs(path, cycles, procs), prewarm=prewarm)
 
 
+def in_rounds(
+    bench: Bench, label: str, run_part: Callable[[Target, int], dict[str, Any]], *, settle: bool
+) -> dict[str, dict[str, Any]]:
+    """One run per target of the hot and cold sections, cut into ``bench.rounds`` parts that
+    the targets take in turns (bench_rounds); ``run_part(target, part)`` measures one part.
+
+    With ``settle``, every target first finishes what an earlier run left, and the figures
+    ``with_reclaim`` go from the start of its first part until its reclaim has finished
+    (including the daemon's idle time while the other targets run their parts).
+    """
+    targets = bench.run_targets
+    if settle:
+        for target in targets:
+            target.settle()
+    start = {target.name: snapshot(target, cpu_first=False) for target in targets}
+    parts: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
+    log(f"{label}, {bench.rounds} rounds: {', '.join(t.name for t in targets)}")
+    for part, target in bench_rounds.turns(targets, bench.rounds):
+        parts[target.name].append(run_part(target, part))
+    out = {}
+    for target in targets:
+        figures = bench_rounds.combine(parts[target.name])
+        before = start[target.name]
+        if settle:
+            settled = target.settle()
+            final = snapshot(target, cpu_first=True)
+            if before is not None and final is not None:
+                figures["settled"] = settled["settled"]
+                figures["reclaim_s"] = settled["reclaim_s"]
+                figures["with_reclaim"] = daemon_figures(before, final, figures["cycles"])
+                figures["table_after_reclaim"] = table_state(final.status)
+        out[target.name] = figures
+    return out
+
+
 def section_hot(bench: Bench) -> dict[str, Any]:
-    """Hot cycles on one path, 1 and N processes, tmpfs then lockfs."""
+    """Hot cycles on one path, 1 and N processes, on every target in turns."""
     cycles = bench.sizes.hot_cycles
     runs = []
     for procs in bench.proc_counts:
         run: dict[str, Any] = {"procs": procs, "cycles": cycles}
-        for target in bench.run_targets:
-            log(f"hot: {cycles:,} cycles, {procs} processes, {target.name}")
+        shares = split_range(range(cycles), bench.rounds)
+
+        def hot_part(target: Target, part: int) -> dict[str, Any]:
             path = os.path.join(target.root, "hot", "vm-100.lck")
-            run[target.name] = bench.hot_run(target, path, cycles, procs)
+            return bench.hot_run(target, path, len(shares[part]), procs)  # noqa: B023
+
+        run.update(
+            in_rounds(bench, f"hot: {cycles:,} cycles, {procs} processes", hot_part, settle=False)
+        )
         run["ratio"] = ratios(run["tmpfs"], run["lockfs"], RUN_RATIO_KEYS)
         run.update(bench_reference.reference_ratios(run))
         runs.append(run)
@@ -635,17 +677,20 @@ def section_hot(bench: Bench) -> dict[str, Any]:
 
 
 def section_cold(bench: Bench) -> dict[str, Any]:
-    """PBS's sequence on fresh chunk paths, 1 and N processes; reclaim waited for."""
+    """PBS's sequence on fresh chunk paths, 1 and N processes, on every target in turns;
+    reclaim waited for."""
     cycles = bench.sizes.cold_cycles
     runs = []
     for procs in bench.proc_counts:
         run: dict[str, Any] = {"procs": procs, "cycles": cycles}
-        indices = bench.allocate(cycles)
-        for target in bench.run_targets:
-            log(f"cold: {cycles:,} cycles, {procs} processes, {target.name}")
-            target.settle()
-            jobs = bench.cold_jobs(target, indices, procs)
-            run[target.name] = timed_run(target, "cold", jobs, settle=True)
+        shares = split_range(bench.allocate(cycles), bench.rounds)
+
+        def cold_part(target: Target, part: int) -> dict[str, Any]:
+            return timed_run(target, "cold", bench.cold_jobs(target, shares[part], procs))  # noqa: B023
+
+        run.update(
+            in_rounds(bench, f"cold: {cycles:,} cycles, {procs} processes", cold_part, settle=True)
+        )
         run["ratio"] = ratios(run["tmpfs"], run["lockfs"], RUN_RATIO_KEYS)
         run.update(bench_reference.reference_ratios(run))
         runs.append(run)
@@ -1017,7 +1062,8 @@ def render(results: dict[str, Any]) -> str:
         f"trio {meta['trio']}\nlockfs {cfg['lockfs_mount']} reclaim_delay={cfg['reclaim_delay']} "
         f"dir_grace={cfg['dir_grace']}; tmpfs {cfg['tmpfs_mount']}; {cfg['procs']} processes "
         f"for N; preset {cfg['preset']}; reference servers: "
-        f"{', '.join(cfg.get('references', [])) or 'none'}"
+        f"{', '.join(cfg.get('references', [])) or 'none'}; hot and cold runs in "
+        f"{cfg.get('rounds', 1)} rounds"
     ]
     if "hot" in results:
         blocks.append(
@@ -1272,6 +1318,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="FILE", help="write all numbers to FILE")
     parser.add_argument("--keep-going", action="store_true", help="run later sections on errors")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="hot and cold runs in N parts, the targets taking turns (default 4; --quick: 2)",
+    )
+    parser.add_argument(
         "--no-reference",
         action="store_true",
         help="do not run hot and cold cycles on the minimal pyfuse3 server too",
@@ -1289,6 +1341,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     if args.procs < 1 or args.held_procs < 1:
         parser.error("--procs and --held-procs must be at least 1")
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 4
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return args
 
 
@@ -1350,6 +1406,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
                 "lockfs_mount": args.mount or "own",
                 "tmpfs_mount": args.tmpfs or "own",
                 "references": [target.name for target in references],
+                "rounds": args.rounds,
                 "reclaim_delay": lockfs.reclaim_delay,
                 "dir_grace": lockfs.dir_grace,
                 "drop_caches": not args.no_drop_caches,
@@ -1363,6 +1420,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
                 args.held_procs,
                 not args.no_drop_caches,
                 references=references,
+                rounds=args.rounds,
             )
             run_sections(bench, args.sections, results, args.keep_going)
     except KeyboardInterrupt:

@@ -49,6 +49,7 @@ def test_quick_run_reports_every_section(tmp_path: Path, fuse_required: None) ->
         for run in runs:
             for fs in ("tmpfs", "minimal", "lockfs"):
                 assert run[fs]["cycles"] == run["cycles"] > 0
+                assert run[fs]["rounds"] == results["config"]["rounds"] == 2
                 assert run[fs]["cycles_per_s"] > 0 and run[fs]["us_per_cycle"] > 0
             assert run["ratio"]["us_per_cycle"] > 0
             assert run["ratio_minimal"]["cycles_per_s"] > 0
