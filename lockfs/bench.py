@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import importlib.metadata
 import json
 import multiprocessing
@@ -303,13 +304,17 @@ class Target:
     daemon_pid: int | None = None
     #: False for a reference server (bench_reference): it keeps its entries, nothing to wait for.
     reclaims: bool = True
+    #: Reads the status where there is no control socket (the C reference server).
+    read_status: Callable[[], dict[str, Any]] | None = None
 
     @property
     def is_lockfs(self) -> bool:
         return self.daemon_pid is not None
 
     def status(self) -> dict[str, Any]:
-        """The daemon's status (lockfs only)."""
+        """The daemon's status (lockfs and the reference servers)."""
+        if self.read_status is not None:
+            return self.read_status()
         return query(self.mountpoint, "status")
 
     def settle_timeout(self) -> float:
@@ -1115,10 +1120,12 @@ class OwnDaemon:
         log_path: str,
         command: list[str] | None = None,
         mounted: Callable[[str], bool] = is_lockfs_mounted,
+        status: Callable[[int], dict[str, Any]] | None = None,
     ) -> None:
         self.mountpoint = mountpoint
         self.log_path = log_path
         self.mounted = mounted
+        self.read_status = status
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         cmd = command or [sys.executable, "-m", "lockfs", mountpoint, "-f", "-o", options]
@@ -1146,6 +1153,8 @@ class OwnDaemon:
             if not self.mounted(self.mountpoint) or os.stat(self.mountpoint).st_ino != 1:
                 return None
             try:
+                if self.read_status is not None:
+                    return self.read_status(self.proc.pid)
                 return query(self.mountpoint, "status")
             except (ControlError, OSError, ValueError):
                 return None
@@ -1265,27 +1274,35 @@ def _reference_targets(
     """The reference servers (bench_reference), with lockfs's cache timeouts."""
     if args.no_reference:
         return []
-    mountpoint = os.path.join(tmp, bench_reference.MINIMAL)
-    os.mkdir(mountpoint)
-    log(f"starting the minimal pyfuse3 server at {mountpoint}")
-    server = OwnDaemon(
-        mountpoint,
-        "",
-        os.path.join(tmp, "minimal.log"),
-        command=bench_reference.minimal_command(mountpoint, lockfs.dir_grace),
-        mounted=bench_reference.is_minimal_mounted,
-    )
-    stack.callback(server.stop)
-    status = server.wait_ready()
-    return [
-        Target(
-            bench_reference.MINIMAL,
-            mountpoint,
-            mountpoint,
-            daemon_pid=status["pid"],
-            reclaims=False,
+    targets = []
+    binary, why_not = bench_reference.build_libfuse(tmp)
+    if binary is None:
+        log(f"no libfuse reference server: {why_not}")
+    for name in bench_reference.REFERENCES:
+        mountpoint = os.path.join(tmp, name)
+        status: Callable[[int], dict[str, Any]] | None = None
+        if name == bench_reference.MINIMAL:
+            command = bench_reference.minimal_command(mountpoint, lockfs.dir_grace)
+            mounted = bench_reference.is_minimal_mounted
+        elif binary is not None:
+            counts = os.path.join(tmp, "libfuse.counts")
+            command = bench_reference.libfuse_command(binary, mountpoint, lockfs.dir_grace, counts)
+            mounted = bench_reference.is_libfuse_mounted
+            status = functools.partial(bench_reference.libfuse_status, counts)
+        else:
+            continue
+        os.mkdir(mountpoint)
+        log(f"starting the {name} reference server at {mountpoint}")
+        server = OwnDaemon(
+            mountpoint, "", os.path.join(tmp, f"{name}.log"), command, mounted, status
         )
-    ]
+        stack.callback(server.stop)
+        ready = server.wait_ready()
+        target = Target(name, mountpoint, mountpoint, daemon_pid=ready["pid"], reclaims=False)
+        if status is not None:
+            target.read_status = functools.partial(status, ready["pid"])
+        targets.append(target)
+    return targets
 
 
 # --------------------------------------------------------------------- command line
@@ -1326,7 +1343,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-reference",
         action="store_true",
-        help="do not run hot and cold cycles on the minimal pyfuse3 server too",
+        help="do not run the hot and cold cycles on the reference servers too",
     )
     parser.add_argument(
         "--no-drop-caches", action="store_true", help="do not drop caches before slab readings"
