@@ -6,6 +6,10 @@ same parameters on both, prints a table per section and unmounts both at the end
 errors and Ctrl-C. ``--mount DIR`` measures an existing lockfs mount instead (counters then
 come from its control socket); ``--tmpfs DIR`` an existing tmpfs.
 
+The hot and cold sections also run on a reference server, a minimal pyfuse3 + trio server with
+lockfs's cache timeouts (:mod:`lockfs.bench_reference`), to show lockfs against the limit of
+the framework it runs on.
+
 Sections (see docs/benchmark.md for what each figure means and how it is measured):
 
 * **hot**: one path, ``open(O_RDWR|O_CREAT)`` + ``flock(LOCK_EX)`` + ``close``, 1 and N
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import importlib.metadata
 import json
 import multiprocessing
@@ -44,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__, bench_workers
+from . import __version__, bench_reference, bench_rounds, bench_workers
 from .control import ControlError, query
 from .mounts import is_busy, is_lockfs_mounted, mounts_at, umount
 
@@ -297,13 +302,19 @@ class Target:
     reclaim_delay: float = 0.0
     dir_grace: float = 0.0
     daemon_pid: int | None = None
+    #: False for a reference server (bench_reference): it keeps its entries, nothing to wait for.
+    reclaims: bool = True
+    #: Reads the status where there is no control socket (the C reference server).
+    read_status: Callable[[], dict[str, Any]] | None = None
 
     @property
     def is_lockfs(self) -> bool:
         return self.daemon_pid is not None
 
     def status(self) -> dict[str, Any]:
-        """The daemon's status (lockfs only)."""
+        """The daemon's status (lockfs and the reference servers)."""
+        if self.read_status is not None:
+            return self.read_status()
         return query(self.mountpoint, "status")
 
     def settle_timeout(self) -> float:
@@ -315,6 +326,8 @@ class Target:
         if not self.is_lockfs:
             remove_contents(self.root)
             return {}
+        if not self.reclaims:
+            return {"settled": None, "reclaim_s": None, "status": self.status()}
         polled = wait_until(
             lambda: (s := self.status())["nodes"] <= self.idle_nodes and s,
             self.settle_timeout(),
@@ -568,10 +581,19 @@ class Bench:
     drop: bool
     owner: tuple[int, int] = field(default_factory=lock_owner)
     next_index: int = 0
+    #: Reference servers measured beside tmpfs and lockfs in the hot and cold sections.
+    references: list[Target] = field(default_factory=list)
+    #: Rounds the hot and cold runs are cut into, the targets taking turns (bench_rounds).
+    rounds: int = 1
 
     @property
     def targets(self) -> tuple[Target, Target]:
         return self.tmpfs, self.lockfs
+
+    @property
+    def run_targets(self) -> tuple[Target, ...]:
+        """Targets of the hot and cold sections: tmpfs, the reference servers, lockfs."""
+        return self.tmpfs, *self.references, self.lockfs
 
     @property
     def proc_counts(self) -> list[int]:
@@ -603,34 +625,79 @@ class Bench:
         return timed_run(target, "hot", self.hot_jobs(path, cycles, procs), prewarm=prewarm)
 
 
+def in_rounds(
+    bench: Bench, label: str, run_part: Callable[[Target, int], dict[str, Any]], *, settle: bool
+) -> dict[str, dict[str, Any]]:
+    """One run per target of the hot and cold sections, cut into ``bench.rounds`` parts that
+    the targets take in turns (bench_rounds); ``run_part(target, part)`` measures one part.
+
+    With ``settle``, every target first finishes what an earlier run left, and the figures
+    ``with_reclaim`` go from the start of its first part until its reclaim has finished
+    (including the daemon's idle time while the other targets run their parts).
+    """
+    targets = bench.run_targets
+    if settle:
+        for target in targets:
+            target.settle()
+    start = {target.name: snapshot(target, cpu_first=False) for target in targets}
+    parts: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
+    log(f"{label}, {bench.rounds} rounds: {', '.join(t.name for t in targets)}")
+    for part, target in bench_rounds.turns(targets, bench.rounds):
+        parts[target.name].append(run_part(target, part))
+    out = {}
+    for target in targets:
+        figures = bench_rounds.combine(parts[target.name])
+        before = start[target.name]
+        if settle:
+            settled = target.settle()
+            final = snapshot(target, cpu_first=True)
+            if before is not None and final is not None:
+                figures["settled"] = settled["settled"]
+                figures["reclaim_s"] = settled["reclaim_s"]
+                figures["with_reclaim"] = daemon_figures(before, final, figures["cycles"])
+                figures["table_after_reclaim"] = table_state(final.status)
+        out[target.name] = figures
+    return out
+
+
 def section_hot(bench: Bench) -> dict[str, Any]:
-    """Hot cycles on one path, 1 and N processes, tmpfs then lockfs."""
+    """Hot cycles on one path, 1 and N processes, on every target in turns."""
     cycles = bench.sizes.hot_cycles
     runs = []
     for procs in bench.proc_counts:
         run: dict[str, Any] = {"procs": procs, "cycles": cycles}
-        for target in bench.targets:
-            log(f"hot: {cycles:,} cycles, {procs} processes, {target.name}")
+        shares = split_range(range(cycles), bench.rounds)
+
+        def hot_part(target: Target, part: int) -> dict[str, Any]:
             path = os.path.join(target.root, "hot", "vm-100.lck")
-            run[target.name] = bench.hot_run(target, path, cycles, procs)
+            return bench.hot_run(target, path, len(shares[part]), procs)  # noqa: B023
+
+        run.update(
+            in_rounds(bench, f"hot: {cycles:,} cycles, {procs} processes", hot_part, settle=False)
+        )
         run["ratio"] = ratios(run["tmpfs"], run["lockfs"], RUN_RATIO_KEYS)
+        run.update(bench_reference.reference_ratios(run))
         runs.append(run)
     return {"cycles": cycles, "runs": runs}
 
 
 def section_cold(bench: Bench) -> dict[str, Any]:
-    """PBS's sequence on fresh chunk paths, 1 and N processes; reclaim waited for."""
+    """PBS's sequence on fresh chunk paths, 1 and N processes, on every target in turns;
+    reclaim waited for."""
     cycles = bench.sizes.cold_cycles
     runs = []
     for procs in bench.proc_counts:
         run: dict[str, Any] = {"procs": procs, "cycles": cycles}
-        indices = bench.allocate(cycles)
-        for target in bench.targets:
-            log(f"cold: {cycles:,} cycles, {procs} processes, {target.name}")
-            target.settle()
-            jobs = bench.cold_jobs(target, indices, procs)
-            run[target.name] = timed_run(target, "cold", jobs, settle=True)
+        shares = split_range(bench.allocate(cycles), bench.rounds)
+
+        def cold_part(target: Target, part: int) -> dict[str, Any]:
+            return timed_run(target, "cold", bench.cold_jobs(target, shares[part], procs))  # noqa: B023
+
+        run.update(
+            in_rounds(bench, f"cold: {cycles:,} cycles, {procs} processes", cold_part, settle=True)
+        )
         run["ratio"] = ratios(run["tmpfs"], run["lockfs"], RUN_RATIO_KEYS)
+        run.update(bench_reference.reference_ratios(run))
         runs.append(run)
     return {"cycles": cycles, "runs": runs}
 
@@ -817,26 +884,47 @@ def render_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]
 RUN_HEADER = ("", "tmpfs", "lockfs", "lockfs/tmpfs")
 
 
+def run_header(run: dict[str, Any]) -> tuple[str, ...]:
+    """Columns of a run's table: tmpfs, reference servers, lockfs, then lockfs's ratios."""
+    refs = bench_reference.columns_of(run)
+    return ("", "tmpfs", *refs, "lockfs", "lockfs/tmpfs", *(f"lockfs/{name}" for name in refs))
+
+
 def run_rows(run: dict[str, Any], *, cold: bool) -> list[list[Any]]:
-    """Rows of one tmpfs/lockfs pair of timed runs."""
+    """Rows of one set of timed runs: tmpfs, the reference servers (if any) and lockfs."""
     t, lf, r = run["tmpfs"], run["lockfs"], run["ratio"]
     reclaim = lf.get("with_reclaim", lf)
+    refs = [bench_reference.daemon_view(run[n]) for n in bench_reference.columns_of(run)]
+    ref_ratios = [run[f"ratio_{n}"] for n in bench_reference.columns_of(run)]
     suffix = " (incl. reclaim)" if cold else ""
+
+    def row(label: str, key: str, tmpfs: Any, lockfs: Any, ratio: Any) -> list[Any]:
+        return [
+            label,
+            tmpfs,
+            *(ref.get(key) for ref in refs),
+            lockfs,
+            ratio,
+            *(ratios.get(key) for ratios in ref_ratios),
+        ]
+
+    def both(label: str, key: str) -> list[Any]:
+        return row(label, key, t[key], lf[key], r.get(key))
+
     return [
-        ["µs per cycle (wall / cycles)", t["us_per_cycle"], lf["us_per_cycle"], r["us_per_cycle"]],
-        ["µs per cycle, per process", t["latency_us"], lf["latency_us"], r["latency_us"]],
-        ["cycles/s", t["cycles_per_s"], lf["cycles_per_s"], r["cycles_per_s"]],
-        ["client CPU µs/cycle", t["client_cpu_us_per_cycle"], lf["client_cpu_us_per_cycle"], None],
-        ["daemon CPU µs/cycle" + suffix, None, reclaim["daemon_cpu_us_per_cycle"], None],
-        [
-            "total CPU µs/cycle",
-            t["total_cpu_us_per_cycle"],
-            lf["total_cpu_us_per_cycle"],
-            r["total_cpu_us_per_cycle"],
-        ],
-        ["FUSE requests/cycle" + suffix, None, reclaim["requests_total_per_cycle"], None],
-        ["daemon CPU µs/request" + suffix, None, reclaim["daemon_cpu_us_per_request"], None],
-    ]
+        both("µs per cycle (wall / cycles)", "us_per_cycle"),
+        both("µs per cycle, per process", "latency_us"),
+        both("cycles/s", "cycles_per_s"),
+        row("client CPU µs/cycle", "client_cpu_us_per_cycle", t["client_cpu_us_per_cycle"],
+            lf["client_cpu_us_per_cycle"], None),
+        row("daemon CPU µs/cycle" + suffix, "daemon_cpu_us_per_cycle", None,
+            reclaim["daemon_cpu_us_per_cycle"], None),
+        both("total CPU µs/cycle", "total_cpu_us_per_cycle"),
+        row("FUSE requests/cycle" + suffix, "requests_total_per_cycle", None,
+            reclaim["requests_total_per_cycle"], None),
+        row("daemon CPU µs/request" + suffix, "daemon_cpu_us_per_request", None,
+            reclaim["daemon_cpu_us_per_request"], None),
+    ]  # fmt: skip
 
 
 def render_runs(title: str, section: dict[str, Any], *, cold: bool) -> str:
@@ -845,7 +933,7 @@ def render_runs(title: str, section: dict[str, Any], *, cold: bool) -> str:
         blocks.append(
             render_table(
                 f"{title}: {run['cycles']:,} cycles, {run['procs']} process(es)",
-                RUN_HEADER,
+                run_header(run),
                 run_rows(run, cold=cold),
             )
         )
@@ -872,7 +960,15 @@ def request_columns(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]
 
 def render_requests(results: dict[str, Any]) -> str:
     """FUSE requests per cycle by type, one column per lockfs measurement."""
-    cols = request_columns(results)
+    return render_request_table(
+        "FUSE requests per cycle by type (lockfs; cold columns include reclaim and FORGET)",
+        request_columns(results),
+    )
+
+
+def render_request_table(title: str, cols: list[tuple[str, dict[str, Any]]]) -> str:
+    """Requests per cycle by type, total, daemon CPU per cycle and per request; one column
+    per measurement."""
     if not cols:
         return ""
     seen = {name for _, figures in cols for name in figures.get("requests_per_cycle", {})}
@@ -885,11 +981,7 @@ def render_requests(results: dict[str, Any]) -> str:
     rows.append(["total", *(f.get("requests_total_per_cycle") for _, f in cols)])
     rows.append(["daemon CPU µs/cycle", *(f.get("daemon_cpu_us_per_cycle") for _, f in cols)])
     rows.append(["daemon CPU µs/request", *(f.get("daemon_cpu_us_per_request") for _, f in cols)])
-    return render_table(
-        "FUSE requests per cycle by type (lockfs; cold columns include reclaim and FORGET)",
-        ["request", *(label for label, _ in cols)],
-        rows,
-    )
+    return render_table(title, ["request", *(label for label, _ in cols)], rows)
 
 
 def mib(value: int | None) -> float | None:
@@ -974,7 +1066,9 @@ def render(results: dict[str, Any]) -> str:
         f"Linux {meta['kernel']}, Python {meta['python']}, pyfuse3 {meta['pyfuse3']}, "
         f"trio {meta['trio']}\nlockfs {cfg['lockfs_mount']} reclaim_delay={cfg['reclaim_delay']} "
         f"dir_grace={cfg['dir_grace']}; tmpfs {cfg['tmpfs_mount']}; {cfg['procs']} processes "
-        f"for N; preset {cfg['preset']}"
+        f"for N; preset {cfg['preset']}; reference servers: "
+        f"{', '.join(cfg.get('references', [])) or 'none'}; hot and cold runs in "
+        f"{cfg.get('rounds', 1)} rounds"
     ]
     if "hot" in results:
         blocks.append(
@@ -993,6 +1087,13 @@ def render(results: dict[str, Any]) -> str:
     requests = render_requests(results)
     if requests:
         blocks.append(requests)
+    for name in bench_reference.REFERENCES:
+        table = render_request_table(
+            f"FUSE requests per cycle by type ({name} server)",
+            bench_reference.request_columns(results, name),
+        )
+        if table:
+            blocks.append(table)
     for section, error in results.get("errors", {}).items():
         blocks.append(f"{section}: FAILED: {error}")
     return "\n\n".join(blocks) + "\n"
@@ -1009,14 +1110,25 @@ def _die_with_parent() -> None:
 
 
 class OwnDaemon:
-    """A ``lockfs -f`` daemon in a subprocess, mounted at a temporary directory."""
+    """A ``lockfs -f`` daemon in a subprocess, mounted at a temporary directory (or another
+    server: ``command``, mounted when ``mounted(mountpoint)``, with a control socket)."""
 
-    def __init__(self, mountpoint: str, options: str, log_path: str) -> None:
+    def __init__(
+        self,
+        mountpoint: str,
+        options: str,
+        log_path: str,
+        command: list[str] | None = None,
+        mounted: Callable[[str], bool] = is_lockfs_mounted,
+        status: Callable[[int], dict[str, Any]] | None = None,
+    ) -> None:
         self.mountpoint = mountpoint
         self.log_path = log_path
+        self.mounted = mounted
+        self.read_status = status
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        cmd = [sys.executable, "-m", "lockfs", mountpoint, "-f", "-o", options]
+        cmd = command or [sys.executable, "-m", "lockfs", mountpoint, "-f", "-o", options]
         with open(log_path, "wb") as log_file:
             self.proc = subprocess.Popen(
                 cmd,
@@ -1035,32 +1147,40 @@ class OwnDaemon:
     def wait_ready(self, timeout: float = 20) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:
             if self.proc.poll() is not None:
-                raise BenchError(f"lockfs exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if not is_lockfs_mounted(self.mountpoint) or os.stat(self.mountpoint).st_ino != 1:
+                raise BenchError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            if not self.mounted(self.mountpoint) or os.stat(self.mountpoint).st_ino != 1:
                 return None
             try:
+                if self.read_status is not None:
+                    return self.read_status(self.proc.pid)
                 return query(self.mountpoint, "status")
             except (ControlError, OSError, ValueError):
                 return None
 
         polled = wait_until(ready, timeout)
         if polled is None:
-            raise BenchError(f"lockfs did not answer at {self.mountpoint} in {timeout}s")
+            raise BenchError(f"{self.name} did not answer at {self.mountpoint} in {timeout}s")
         return polled[0]
 
     def stop(self) -> None:
         """SIGTERM (the daemon unmounts when nothing is open), then force if needed."""
         if self.proc.poll() is not None:
-            log(f"lockfs daemon had exited ({self.proc.returncode}):\n{self.log_tail()}")
+            log(f"{self.name} had exited ({self.proc.returncode}):\n{self.log_tail()}")
         else:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                log("lockfs daemon did not stop on SIGTERM: killing it")
+                log(f"{self.name} did not stop on SIGTERM: killing it")
                 self.proc.kill()
                 self.proc.wait()
-        unmount(self.mountpoint, is_lockfs_mounted)
+        unmount(self.mountpoint, self.mounted)
+
+    @property
+    def name(self) -> str:
+        return "lockfs daemon" if self.mounted is is_lockfs_mounted else "reference server"
 
 
 def unmount(path: str, mounted: Callable[[str], bool]) -> None:
@@ -1089,16 +1209,18 @@ def kill_workers() -> None:
 
 
 @contextlib.contextmanager
-def environment(args: argparse.Namespace) -> Iterator[tuple[Target, Target]]:
-    """The tmpfs and lockfs targets; whatever the bench mounted is unmounted on the way out."""
+def environment(args: argparse.Namespace) -> Iterator[tuple[Target, Target, list[Target]]]:
+    """The tmpfs and lockfs targets and the reference servers; whatever the bench mounted is
+    unmounted on the way out."""
     with contextlib.ExitStack() as stack:
         tmp = tempfile.mkdtemp(prefix="lockfs-bench-")
         stack.callback(shutil.rmtree, tmp, ignore_errors=True)
         stack.callback(kill_workers)  # runs first: nothing may keep the mounts busy
         tmpfs = _tmpfs_target(args, tmp, stack)
         lockfs = _lockfs_target(args, tmp, stack)
+        references = _reference_targets(args, tmp, stack, lockfs)
         stack.callback(kill_workers)
-        yield tmpfs, lockfs
+        yield tmpfs, lockfs, references
 
 
 def _tmpfs_target(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> Target:
@@ -1146,6 +1268,43 @@ def _lockfs_target(args: argparse.Namespace, tmp: str, stack: contextlib.ExitSta
     )
 
 
+def _reference_targets(
+    args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack, lockfs: Target
+) -> list[Target]:
+    """The reference servers (bench_reference), with lockfs's cache timeouts."""
+    if args.no_reference:
+        return []
+    targets = []
+    binary, why_not = bench_reference.build_libfuse(tmp)
+    if binary is None:
+        log(f"no libfuse reference server: {why_not}")
+    for name in bench_reference.REFERENCES:
+        mountpoint = os.path.join(tmp, name)
+        status: Callable[[int], dict[str, Any]] | None = None
+        if name == bench_reference.MINIMAL:
+            command = bench_reference.minimal_command(mountpoint, lockfs.dir_grace)
+            mounted = bench_reference.is_minimal_mounted
+        elif binary is not None:
+            counts = os.path.join(tmp, "libfuse.counts")
+            command = bench_reference.libfuse_command(binary, mountpoint, lockfs.dir_grace, counts)
+            mounted = bench_reference.is_libfuse_mounted
+            status = functools.partial(bench_reference.libfuse_status, counts)
+        else:
+            continue
+        os.mkdir(mountpoint)
+        log(f"starting the {name} reference server at {mountpoint}")
+        server = OwnDaemon(
+            mountpoint, "", os.path.join(tmp, f"{name}.log"), command, mounted, status
+        )
+        stack.callback(server.stop)
+        ready = server.wait_ready()
+        target = Target(name, mountpoint, mountpoint, daemon_pid=ready["pid"], reclaims=False)
+        if status is not None:
+            target.read_status = functools.partial(status, ready["pid"])
+        targets.append(target)
+    return targets
+
+
 # --------------------------------------------------------------------- command line
 
 
@@ -1176,6 +1335,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="FILE", help="write all numbers to FILE")
     parser.add_argument("--keep-going", action="store_true", help="run later sections on errors")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="hot and cold runs in N parts, the targets taking turns (default 4; --quick: 2)",
+    )
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="do not run the hot and cold cycles on the reference servers too",
+    )
+    parser.add_argument(
         "--no-drop-caches", action="store_true", help="do not drop caches before slab readings"
     )
     args = parser.parse_args(argv)
@@ -1188,6 +1358,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     if args.procs < 1 or args.held_procs < 1:
         parser.error("--procs and --held-procs must be at least 1")
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 4
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return args
 
 
@@ -1240,7 +1414,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     sizes = sizes_from(args)
     results: dict[str, Any] = {"meta": machine_facts(), "errors": {}}
     try:
-        with environment(args) as (tmpfs, lockfs):
+        with environment(args) as (tmpfs, lockfs, references):
             results["config"] = {
                 "preset": args.preset,
                 "sizes": asdict(sizes),
@@ -1248,13 +1422,22 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
                 "held_procs": args.held_procs,
                 "lockfs_mount": args.mount or "own",
                 "tmpfs_mount": args.tmpfs or "own",
+                "references": [target.name for target in references],
+                "rounds": args.rounds,
                 "reclaim_delay": lockfs.reclaim_delay,
                 "dir_grace": lockfs.dir_grace,
                 "drop_caches": not args.no_drop_caches,
                 "command": " ".join(["python -m lockfs.bench", *(argv or sys.argv[1:])]),
             }
             bench = Bench(
-                tmpfs, lockfs, sizes, args.procs, args.held_procs, not args.no_drop_caches
+                tmpfs,
+                lockfs,
+                sizes,
+                args.procs,
+                args.held_procs,
+                not args.no_drop_caches,
+                references=references,
+                rounds=args.rounds,
             )
             run_sections(bench, args.sections, results, args.keep_going)
     except KeyboardInterrupt:

@@ -18,9 +18,11 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
+from . import request_loop
 from .commands import ControlCommands
 from .control import serve_control, socket_path
 from .fuse_ops import LockOperations
+from .invalidator import EntryInvalidator
 from .metrics import keep_metrics_file
 from .mounts import FSTYPE, entries_at, is_busy, umount
 from .nodes import Limits, NodeTable, ReclaimPolicy
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 #: start-up is neither lost nor fatal (a fatal one would leave a dead mount behind).
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (*SHUTDOWN_SIGNALS, signal.SIGHUP)
+#: How long the daemon waits for the invalidation thread at exit (it is idle or nearly done).
+INVALIDATOR_STOP_TIMEOUT = 2.0
 
 
 class Daemon:
@@ -76,9 +80,12 @@ class Daemon:
         self.mount_id: int | None = None
         #: Set once the kernel ended the FUSE session: the mount is gone, nothing to unmount.
         self._session_ended = False
+        #: Sends the reclaimer's invalidations from a thread of its own.
+        self.invalidator = EntryInvalidator()
 
     def mount(self) -> None:
         """Mount the filesystem (requests wait in the kernel until :meth:`serve` runs)."""
+        request_loop.install()
         pyfuse3.init(self.ops, self.mountpoint, self.options.fuse_options(self.fsname))
         self._mounted = True
         # The caller holds the mountpoint claim, so the topmost lockfs here is this one.
@@ -97,7 +104,8 @@ class Daemon:
 
     async def _serve(self, on_ready: Callable[[], None]) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(reclaim_loop, self.table, self._invalidate)
+            self.invalidator.start()
+            nursery.start_soon(reclaim_loop, self.table, self.invalidator.submit)
             nursery.start_soon(self._handle_signals)
             if self.options.metrics_file:
                 nursery.start_soon(
@@ -113,7 +121,8 @@ class Daemon:
                 nursery.start_soon(self.watchdog.heartbeat)
                 self.watchdog.start()
             on_ready()
-            # Handlers never wait, so one worker task serves every request in turn.
+            # Handlers never wait, so one worker task serves every request in turn (more
+            # tasks would only add scheduling); request_loop spares it most scheduler passes.
             await pyfuse3.main(min_tasks=1, max_tasks=1)
             if self.watchdog is not None:
                 self.watchdog.stop()
@@ -127,10 +136,6 @@ class Daemon:
             if entry.mount_id == self.mount_id:
                 return entry.dev
         raise OSError(f"{self.mountpoint} is not in the mount table")
-
-    @staticmethod
-    def _invalidate(parent_ino: int, name: bytes) -> None:
-        pyfuse3.invalidate_entry_async(parent_ino, name, ignore_enoent=True)
 
     async def _handle_signals(self) -> None:
         """SIGTERM/SIGINT: unmount if nothing is open, else log why not and keep serving."""
@@ -206,5 +211,9 @@ class Daemon:
                 self.mountpoint,
                 self.mountpoint,
             )
-        pyfuse3.close(unmount=False)
+        if not self.invalidator.stop(timeout=INVALIDATOR_STOP_TIMEOUT):
+            # It may still be using the FUSE session: leave closing /dev/fuse to process exit.
+            log.warning("an entry invalidation is still blocked in the kernel")
+        else:
+            pyfuse3.close(unmount=False)
         log.info("lockfs at %s stopped", self.mountpoint)

@@ -104,23 +104,27 @@ class LockOperations(pyfuse3.Operations):
     # ----------------------------------------------------------------- replies
 
     def entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        """The reply for ``node``. Fields whose value is pyfuse3's default are not set again
+        (generation and st_rdev 0, st_blksize 4096, st_nlink 1, st_size and st_blocks 0)."""
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
-        attr.generation = 0
-        attr.attr_timeout = CACHE_TIMEOUT
         attr.st_mode = node.mode
-        attr.st_nlink = node.nlink
         attr.st_uid = node.uid
         attr.st_gid = node.gid
-        attr.st_rdev = 0
-        if node.children is not None:
+        attr.attr_timeout = CACHE_TIMEOUT
+        children = node.children
+        if children is not None:
             attr.entry_timeout = self.dir_entry_timeout
-            attr.st_size = DIRENT_SIZE * (len(node.children) + 2)
+            attr.st_size = DIRENT_SIZE * (len(children) + 2)
+            attr.st_nlink = node.nlink
         else:
             attr.entry_timeout = CACHE_TIMEOUT
-            attr.st_size = node.size
-        attr.st_blksize = BLOCK_SIZE
-        attr.st_blocks = (node.size + 511) // 512
+            data = node.data
+            if data:
+                attr.st_size = len(data)
+                attr.st_blocks = (len(data) + 511) // 512
+            if node.parent is None:
+                attr.st_nlink = 0
         attr.st_atime_ns = node.atime_ns
         attr.st_mtime_ns = node.mtime_ns
         attr.st_ctime_ns = node.ctime_ns
@@ -137,7 +141,10 @@ class LockOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return self.entry(self.table.lookup(parent_inode, name))
+        node = self.table.lookup(parent_inode, name)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.entry(node)
 
     @_handler
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:

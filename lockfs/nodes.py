@@ -45,8 +45,11 @@ class FsError(Exception):
     """A request failed with ``errno``; the adapter turns it into a FUSE error reply."""
 
     def __init__(self, code: int) -> None:
-        super().__init__(code, os.strerror(code))
+        # Raised for every absent name a lookup asks about: the message is made only if shown.
         self.errno = code
+
+    def __str__(self) -> str:
+        return f"[Errno {self.errno}] {os.strerror(self.errno)}"
 
 
 @dataclass(slots=True, eq=False)
@@ -214,10 +217,17 @@ class NodeTable:
         return self.policy.dir_grace if node.children is not None else self.policy.file_delay
 
     def _touch(self, node: Node) -> None:
-        """Record a use of ``node`` and (re)queue it if it is idle, else take it off the queue."""
+        """Record a use of ``node`` and (re)queue it if it is idle, else take it off the queue.
+
+        Runs several times per request: :meth:`_queue_of` and :meth:`_is_idle` written out.
+        """
         node.last_used = self.clock()
-        queue = self._queue_of(node)
-        if self._is_idle(node):
+        children = node.children
+        if children is None:
+            queue, empty = self._idle_files, not node.data
+        else:
+            queue, empty = self._idle_dirs, not children
+        if empty and not node.opens and node.parent is not None and node.ino != ROOT_INO:
             queue[node] = None
             queue.move_to_end(node)
         else:
@@ -340,10 +350,10 @@ class NodeTable:
         if len(name) > NAME_MAX:
             raise FsError(errno.ENAMETOOLONG)
         assert parent.children is not None
-        try:
-            return parent.children[name]
-        except KeyError:
-            raise FsError(errno.ENOENT) from None
+        node = parent.children.get(name)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        return node
 
     def listing(self, ino: int, after: int) -> Iterator[tuple[bytes, Node, int]]:
         """Entries of a directory as ``(name, node, cookie)``, ``.`` and ``..`` first.
@@ -390,12 +400,23 @@ class NodeTable:
 
     # ----------------------------------------------------------------- kernel references
 
-    def lookup(self, parent_ino: int, name: bytes) -> Node:
-        """Resolve a name and take a kernel reference on the node it names."""
-        node = self.child(parent_ino, name)
+    def lookup(self, parent_ino: int, name: bytes) -> Node | None:
+        """Resolve a name and take a kernel reference on the node it names.
+
+        An absent name gives ``None``, not :class:`FsError`: it is the most common answer of a
+        cold lock cycle (the lock, its temporary name and the rename target are looked up
+        before they exist), and an exception costs more than the rest of the lookup. A parent
+        that is not a directory, or unknown, and an overlong name still raise.
+        """
+        parent = self._dir(parent_ino)
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        assert parent.children is not None
+        node = parent.children.get(name)
+        if node is None:
+            return None
         self._add_lookup(node)
-        assert node.parent is not None
-        self._touch(node.parent)
+        self._touch(parent)
         return node
 
     def getattr(self, ino: int) -> Node:

@@ -18,19 +18,21 @@ def max_sleep(table: NodeTable) -> float:
     return min(1.0, max(MIN_SLEEP, shortest / 2))
 
 
-async def reclaim_loop(table: NodeTable, invalidate: Callable[[int, bytes], None]) -> None:
-    """Run forever: hand every due node's entry to ``invalidate(parent_ino, name)``.
+async def reclaim_loop(
+    table: NodeTable, invalidate: Callable[[list[tuple[int, bytes]]], None]
+) -> None:
+    """Run forever: hand the entries of all due nodes to ``invalidate``, one list of
+    ``(parent_ino, name)`` per pass (never an empty one).
 
     The kernel answers an invalidation by dropping its dentry and, once nothing else pins the
-    inode, with FORGET, which lets the table drop the node. ``invalidate`` must not block:
-    pyfuse3's ``invalidate_entry_async`` queues the notification for a separate thread.
+    inode, with FORGET, which lets the table drop the node. ``invalidate`` must not block: it
+    queues the list for the thread that sends the notifications (:mod:`lockfs.invalidator`).
     """
     longest = max_sleep(table)
     while True:
-        for node in table.due():
-            parent = node.parent
-            if parent is not None:
-                invalidate(parent.ino, node.name)
+        entries = [(node.parent.ino, node.name) for node in table.due() if node.parent]
+        if entries:
+            invalidate(entries)
         deadline = table.next_deadline()
         wait = longest if deadline is None else deadline - table.clock()
         await trio.sleep(min(longest, max(MIN_SLEEP, wait)))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support import REPO, daemon_env
 
 
@@ -35,19 +36,34 @@ def test_quick_run_reports_every_section(tmp_path: Path, fuse_required: None) ->
     assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
     assert bench_mounts() == before, "the bench left a mount behind"
     assert "lockfs/tmpfs" in proc.stdout and "FUSE requests per cycle by type" in proc.stdout
+    assert "lockfs/minimal" in proc.stdout and "(minimal server)" in proc.stdout
 
     results = json.loads(out.read_text())
     assert results["errors"] == {}
     assert {"meta", "config", "hot", "cold", "memory", "held"} <= results.keys()
 
+    # The C server is there when gcc and libfuse3's headers are (mount/setup --dev installs them).
+    references = results["config"]["references"]
+    assert references in (["libfuse", "minimal"], ["minimal"])
     for section in ("hot", "cold"):
         runs = results[section]["runs"]
         assert runs and runs[0]["procs"] == 1
         for run in runs:
-            for fs in ("tmpfs", "lockfs"):
+            for fs in ("tmpfs", *references, "lockfs"):
                 assert run[fs]["cycles"] == run["cycles"] > 0
                 assert run[fs]["cycles_per_s"] > 0 and run[fs]["us_per_cycle"] > 0
+                assert run[fs]["rounds"] == results["config"]["rounds"] == 2
             assert run["ratio"]["us_per_cycle"] > 0
+            # The reference servers see the same requests as lockfs, minus lockfs's FORGETs.
+            lockfs = run["lockfs"].get("with_reclaim", run["lockfs"])["requests_per_cycle"]
+            for reference in references:
+                assert run[f"ratio_{reference}"]["cycles_per_s"] > 0
+                counted = run[reference]["requests_per_cycle"]
+                for name in (set(lockfs) | set(counted)) - {"forget"}:
+                    assert lockfs.get(name, 0) == pytest.approx(counted.get(name, 0), abs=0.1), (
+                        reference,
+                        name,
+                    )
 
     # A hot cycle on a cached, existing file is one OPEN and one RELEASE.
     hot = results["hot"]["runs"][0]["lockfs"]

@@ -276,11 +276,11 @@ class NodeTableMachine(RuleBasedStateMachine):
         assert parent is not None
         name = self.name_in(parent, name, existing)
         expected = self.children(parent).get(name)
-        found = []
-        errors = {errno.ENOENT} if expected is None else set()
-        if not self.expect(errors, lambda: found.append(self.table.lookup(parent, name))):
+        found = self.table.lookup(parent, name)
+        if expected is None:
+            assert found is None, "an absent name was found"
             return
-        assert found[0].ino == expected
+        assert found is not None and found.ino == expected
         self.lookups[expected] = self.lookups.get(expected, 0) + 1
         self.used(expected, parent)
 

@@ -36,12 +36,17 @@ class Kernel:
         self.table = table
         self.calls: list[tuple[float, int, bytes]] = []
         self.pinned: set[int] = set()
+        self.batches = 0
 
-    def invalidate(self, parent_ino: int, name: bytes) -> None:
-        self.calls.append((trio.current_time(), parent_ino, name))
-        node = self.table.child(parent_ino, name)
-        if node.ino not in self.pinned and not node.opens:
-            self.table.forget(node.ino, node.lookups)
+    def invalidate(self, entries: list[tuple[int, bytes]]) -> None:
+        """One reclaim pass's list: never empty, each entry once."""
+        assert entries and len(set(entries)) == len(entries)
+        self.batches += 1
+        for parent_ino, name in entries:
+            self.calls.append((trio.current_time(), parent_ino, name))
+            node = self.table.child(parent_ino, name)
+            if node.ino not in self.pinned and not node.opens:
+                self.table.forget(node.ino, node.lookups)
 
 
 def make_table(file_delay: float = FILE_DELAY, dir_grace: float = DIR_GRACE) -> CountingTable:
@@ -226,3 +231,16 @@ async def test_task_does_not_spin(
     elapsed = 50 * 0.2
     assert table.polls <= elapsed / MIN_SLEEP + 2
     assert table.polls >= elapsed / max_sleep(table) - 1
+
+
+async def test_entries_due_together_come_in_one_list(autojump_clock: MockClock) -> None:
+    """Files that became idle at the same time are handed over in one list (one queue item
+    for the invalidation thread), not one call each."""
+    table = make_table()
+    async with reclaiming(table) as kernel:
+        for i in range(50):
+            node = table.create(ROOT_INO, b"f%d" % i, 0o644, 0, 0)
+            table.release(node.ino)
+        await trio.sleep(FILE_DELAY + max_sleep(table))
+        assert len(kernel.calls) == 50
+        assert kernel.batches == 1

@@ -1,0 +1,58 @@
+"""The invalidation thread: sends what it is given in order, never blocks the submitter, and
+ends at stop() even while the kernel keeps it waiting."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from lockfs.invalidator import EntryInvalidator
+
+
+def wait_until(condition: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_entries_are_sent_in_order_and_enoent_is_ignored() -> None:
+    sent: list[tuple[int, bytes]] = []
+
+    def notify(parent: int, name: bytes) -> None:
+        if name == b"gone":
+            raise FileNotFoundError  # the kernel had dropped it already
+        sent.append((parent, name))
+
+    invalidator = EntryInvalidator(notify)
+    invalidator.start()
+    invalidator.submit([(1, b"a"), (1, b"gone"), (2, b"b")])
+    invalidator.submit([(3, b"c")])
+    wait_until(lambda: len(sent) == 3)
+    assert sent == [(1, b"a"), (2, b"b"), (3, b"c")]
+    assert invalidator.stop(timeout=5)
+
+
+def test_a_blocked_notification_blocks_neither_submit_nor_stop() -> None:
+    """The kernel may hold a notification until a request in the same directory is answered:
+    the submitter keeps going, and stop() gives up waiting after its timeout."""
+    entered, release = threading.Event(), threading.Event()
+    sent: list[bytes] = []
+
+    def notify(parent: int, name: bytes) -> None:
+        entered.set()
+        release.wait()
+        sent.append(name)
+
+    invalidator = EntryInvalidator(notify)
+    invalidator.start()
+    invalidator.submit([(1, b"blocked")])
+    assert entered.wait(5)
+    start = time.monotonic()
+    for i in range(1000):
+        invalidator.submit([(1, b"%d" % i)])
+    assert time.monotonic() - start < 1.0
+    assert invalidator.stop(timeout=0.1) is False
+    release.set()
+    wait_until(lambda: not invalidator._thread.is_alive())
+    assert sent == [b"blocked"], "entries queued before stop() were sent after it"
