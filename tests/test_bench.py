@@ -7,6 +7,7 @@ filesystems and that the figures are consistent with what a lock cycle must cost
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +16,16 @@ import pytest
 from support import REPO, daemon_env
 
 
-def bench_mounts() -> list[str]:
-    """Mounts the bench creates (its tmpfs is named lockfs-bench, its lockfs lives below
-    a lockfs-bench-* temporary directory)."""
+def bench_mounts(stderr: str) -> list[str]:
+    """Mounts left below the temporary directory of the bench run whose log is ``stderr`` (its
+    tmpfs, lockfs and reference servers; other bench runs may be going on meanwhile)."""
+    found = re.search(r"starting lockfs .* at (/\S+/)lockfs\n", stderr)
+    assert found, f"no lockfs start in the bench's log:\n{stderr}"
     with open("/proc/mounts") as f:
-        return [line for line in f if "lockfs-bench" in line]
+        return [line for line in f if line.split()[1].startswith(found[1])]
 
 
 def test_quick_run_reports_every_section(tmp_path: Path, fuse_required: None) -> None:
-    before = bench_mounts()
     out = tmp_path / "out.json"
     proc = subprocess.run(
         [sys.executable, "-m", "lockfs.bench", "--quick", "--json", str(out)],
@@ -34,7 +36,7 @@ def test_quick_run_reports_every_section(tmp_path: Path, fuse_required: None) ->
         timeout=120,
     )
     assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
-    assert bench_mounts() == before, "the bench left a mount behind"
+    assert bench_mounts(proc.stderr) == [], "the bench left a mount behind"
     assert "lockfs/tmpfs" in proc.stdout and "FUSE requests per cycle by type" in proc.stdout
     assert "lockfs/minimal" in proc.stdout and "(minimal server)" in proc.stdout
 
@@ -60,7 +62,9 @@ def test_quick_run_reports_every_section(tmp_path: Path, fuse_required: None) ->
                 assert run[f"ratio_{reference}"]["cycles_per_s"] > 0
                 counted = run[reference]["requests_per_cycle"]
                 for name in (set(lockfs) | set(counted)) - {"forget"}:
-                    assert lockfs.get(name, 0) == pytest.approx(counted.get(name, 0), abs=0.1), (
+                    # GETATTRs of a directory depend a little on timing: the kernel drops its
+                    # attributes whenever an entry in it changes.
+                    assert lockfs.get(name, 0) == pytest.approx(counted.get(name, 0), abs=0.5), (
                         reference,
                         name,
                     )
