@@ -1,7 +1,7 @@
 """Proxmox Backup Server's way of taking a lock, system call for system call.
 
 lockfs must serve these calls unchanged (the callers are not modified). The benchmark's cold
-cycle (lockfs.bench_workers) and the test suite's lock-taking program (tests/helpers/locker.py)
+cycle (lockfs.bench.workers) and the test suite's lock-taking program (tests/helpers/locker.py)
 both use this one implementation, so the benchmark times exactly what the tests prove correct.
 
 * :func:`create_dir_all`: Rust's ``std::fs::create_dir_all`` of the lock's directory;

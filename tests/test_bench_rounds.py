@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lockfs.bench_rounds import combine, turns
+from lockfs.bench.rounds import combine, turns
 
 
 def test_turns_alternate_and_cover_every_round() -> None:

@@ -5,7 +5,7 @@ test imports from it. PBS's lock sequence, ``renameat2`` and chunk lock paths ar
 (lockfs.pbs_lock), because lockfs-bench uses them on hosts without tests/.
 
 Waiting and errors (support.expect)
-    :func:`wait_for`, :func:`errno_of`
+    :func:`wait_for` (on lockfs.harness.wait_until), :func:`errno_of`
 Fake time for the node table (support.clocks)
     :class:`FakeClock`, :class:`FakeWallClock`
 Processes (support.processes)
@@ -16,7 +16,8 @@ Processes (support.processes)
 Users (support.users)
     :data:`SECOND_USER`, :func:`ensure_user`, :func:`as_user`
 Mounts (support.mounts)
-    :func:`require_fuse`, :class:`Mount`, :class:`Mounts`, :class:`MakeMount`, :class:`Daemons`
+    :func:`require_fuse`, :class:`Mount` (its daemon a lockfs.harness.ServerProcess, as in
+    lockfs-bench), :class:`Mounts`, :class:`MakeMount`, :class:`Daemons`
 The teardown check (support.daemon_check)
     :class:`Expectations` (from the ``injects_faults`` and ``kills_daemon`` markers),
     :func:`log_problems`, :func:`report`, :func:`fail_on`

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
+
+from lockfs.harness import wait_until
 
 T = TypeVar("T")
 
@@ -15,17 +16,12 @@ def wait_for(
     condition: Callable[[], T | None], timeout: float = 10.0, what: str = "condition"
 ) -> T:
     """Poll ``condition`` until it returns something truthy, and return that; fail after
-    ``timeout`` seconds, naming ``what`` was awaited. Polls fast at first, then every 0.1 s."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
+    ``timeout`` seconds, naming ``what`` was awaited (lockfs.harness.wait_until, which
+    lockfs-bench uses too: fast at first, then every 0.1 s)."""
+    polled = wait_until(condition, timeout)
+    if polled is None:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return polled[0]
 
 
 def errno_of(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from lockfs import harness
 from lockfs.control import ControlError, query_status, remove_stale_sockets, socket_path
 from lockfs.logs import log_path
 from lockfs.mounts import entries_at, is_lockfs_mounted, umount
@@ -49,20 +50,16 @@ def require_fuse() -> None:
 
 
 def unmount(path: str, notes: list[str]) -> bool:
-    """Unmount the topmost mount at ``path``: plainly (retried while busy), and lazily only
-    as a last resort, which is noted as a problem. False if it could not be unmounted."""
-    deadline = time.monotonic() + UMOUNT_TIMEOUT
-    while True:
-        try:
-            umount(path)
-            return True
-        except OSError as exc:
-            if exc.errno != errno.EBUSY:
-                notes.append(str(exc))
-                return False
-            if time.monotonic() > deadline:
-                break
-        time.sleep(0.05)
+    """Unmount the topmost mount at ``path``: plainly (lockfs.harness.unmount, retried while
+    busy), and lazily only as a last resort, which is noted as a problem. False if it could not
+    be unmounted."""
+    try:
+        harness.unmount(path, UMOUNT_TIMEOUT)
+        return True
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            notes.append(str(exc))
+            return False
     umount(path, lazy=True)
     notes.append(f"{path} was still busy: it needed umount -l (a lazy unmount)")
     return True
@@ -84,20 +81,20 @@ class Mount(Processes):
         #: Our mount, told apart from any mounted later at the same place (once it serves).
         self.mount_id: int | None = None
         self._stopped = False
-        cmd = lockfs_command(self.path, "-f", "-o", options)
-        self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
+        #: The daemon (lockfs.harness, shared with lockfs-bench): its process is ``proc``.
+        self.server = harness.ServerProcess(
+            lockfs_command(self.path, "-f", "-o", options), self.path, log, env=env
+        )
+        self.proc = self.server.proc
         try:
-            wait_for(self._ready, 15, f"lockfs to answer at {self.path}")
+            self.server.wait_serving(15, lambda: True)
+        except (harness.ServerExited, TimeoutError) as exc:
+            self.stop()
+            raise AssertionError(f"{exc}\n{self.log_text()}") from None
         except BaseException:
             self.stop()
             raise
         self.mount_id = entries_at(self.path, resolve_path=False)[-1].mount_id
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"lockfs exited with {self.proc.returncode}:\n{self.log_text()}")
-        return is_lockfs_mounted(self.path) and os.stat(self.path).st_ino == 1
 
     def __truediv__(self, other: str) -> Path:
         return self.path / other
@@ -144,7 +141,7 @@ class Mount(Processes):
         finally:
             # A daemon that was killed leaves its control socket behind.
             remove_stale_sockets([socket_path(str(self.path))])
-            self._log_file.close()
+            self.server.close_log()
 
     def _read_faults(self) -> None:
         try:
@@ -155,13 +152,8 @@ class Mount(Processes):
 
     def _terminate(self) -> None:
         # The daemon unmounts on SIGTERM once nothing is open on the mount.
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
+        if not self.server.terminate(STOP_TIMEOUT):
             self.unresponsive.append(f"it did not exit within {STOP_TIMEOUT:g}s of SIGTERM: killed")
-            self.proc.kill()
-            self.proc.wait()
 
     def _unmount_if_left(self) -> None:
         """A killed daemon leaves its (dead) mount: unmount it, unless a newer mount covers it

@@ -3,37 +3,38 @@
 The bench runs the hot and cold workloads on tmpfs, on these servers and on lockfs, in the same
 run with the same workers, and reports lockfs / server beside lockfs / tmpfs:
 
-* **minimal**: :mod:`lockfs.bench_minimal`, a pyfuse3 + trio server with lockfs's mount
+* **minimal**: :mod:`lockfs.bench.minimal`, a pyfuse3 + trio server with lockfs's mount
   options and cache timeouts and nothing else: the limit of the framework lockfs runs on;
-* **libfuse**: ``bench_libfuse.c``, the same in C on libfuse3's low-level API, one thread: the
-  floor of FUSE itself on this machine. The bench compiles it when gcc and libfuse3's headers
-  (``pkg-config fuse3``) are there, and leaves it out otherwise (the Debian package does not
-  ship the source).
+* **libfuse**: ``libfuse.c`` (package data of :mod:`lockfs.bench`), the same in C on
+  libfuse3's low-level API, one thread: the floor of FUSE itself on this machine. The bench
+  compiles it when gcc and libfuse3's headers (``pkg-config fuse3``) are there, and leaves it
+  out otherwise.
 
 This module holds what the bench needs to know about them: how to start one, which keys of a
 run are compared, and the table of its requests by type. The servers are started and measured
-by :mod:`lockfs.bench` like its own lockfs daemon.
+by :mod:`lockfs.bench.environment` like its own lockfs daemon.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import shutil
 import struct
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from .bench_minimal import SUBTYPE
-from .mounts import mounts_at
+from ..mounts import mounts_at
+from .minimal import SUBTYPE
 
 MINIMAL = "minimal"
 LIBFUSE = "libfuse"
 #: Every reference the bench knows, in the order its columns are printed (cheapest first).
 REFERENCES = (LIBFUSE, MINIMAL)
-LIBFUSE_SOURCE = Path(__file__).with_name("bench_libfuse.c")
+#: The C server's source, installed with the package (pyproject.toml: package data).
+LIBFUSE_SOURCE = importlib.resources.files(__package__ or "lockfs.bench") / "libfuse.c"
 LIBFUSE_SUBTYPE = "lockfs-libfuse"
 #: The request counters the C server keeps in its counts file, in its order (uint64 each).
 LIBFUSE_COUNTERS = (
@@ -59,7 +60,7 @@ def minimal_command(mountpoint: str, dir_grace: float) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "lockfs.bench_minimal",
+        "lockfs.bench.minimal",
         mountpoint,
         "--dir-entry-timeout",
         str(dir_grace / 2),
@@ -73,7 +74,7 @@ def is_minimal_mounted(path: str) -> bool:
 
 def build_libfuse(directory: str) -> tuple[str | None, str]:
     """Compile the C server into ``directory``: ``(binary, "")``, or ``(None, why not)``."""
-    if not LIBFUSE_SOURCE.exists():
+    if not LIBFUSE_SOURCE.is_file():
         return None, f"{LIBFUSE_SOURCE.name} is not installed with this copy of lockfs"
     if shutil.which("gcc") is None or shutil.which("pkg-config") is None:
         return None, "gcc or pkg-config is missing"
@@ -83,8 +84,9 @@ def build_libfuse(directory: str) -> tuple[str | None, str]:
     if flags.returncode != 0:
         return None, "libfuse3's headers are missing (apt-get install libfuse3-dev)"
     binary = os.path.join(directory, "bench-libfuse")
-    cmd = ["gcc", "-O2", "-o", binary, str(LIBFUSE_SOURCE), *flags.stdout.split()]
-    built = subprocess.run(cmd, capture_output=True, text=True)
+    with importlib.resources.as_file(LIBFUSE_SOURCE) as source:
+        cmd = ["gcc", "-O2", "-o", binary, str(source), *flags.stdout.split()]
+        built = subprocess.run(cmd, capture_output=True, text=True)
     if built.returncode != 0:
         return None, f"compiling {LIBFUSE_SOURCE.name} failed: {built.stderr.strip()[-500:]}"
     return binary, ""

@@ -28,8 +28,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from typing import Any
 
-from .pbs_lock import chunk_path, lock_helper
-from .pbs_lock import create_dir_all as create_dir_all  # bench.py prepares its hot path with it
+from ..pbs_lock import chunk_path, lock_helper
+from ..pbs_lock import create_dir_all as create_dir_all  # sections.py prepares its hot path with it
 
 PR_SET_PDEATHSIG = 1
 #: Held lock files per directory in the held section.

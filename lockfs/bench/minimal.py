@@ -1,6 +1,6 @@
 """The framework's own limit: a minimal pyfuse3 + trio server for ``lockfs-bench``.
 
-``python -m lockfs.bench_minimal MOUNTPOINT --dir-entry-timeout S`` mounts a filesystem that
+``python -m lockfs.bench.minimal MOUNTPOINT --dir-entry-timeout S`` mounts a filesystem that
 answers the requests of a lock cycle the cheapest way pyfuse3 allows, with lockfs's mount
 options, cache timeouts and request loop (:mod:`lockfs.request_loop`; ``--stock-loop``:
 pyfuse3's own), but nothing else: no reclaim, no lookup counting,
@@ -29,11 +29,11 @@ from typing import Any
 import pyfuse3
 import trio
 
-from . import request_loop
-from .control import serve_control, socket_path
-from .fuse_ops import BLOCK_SIZE, CACHE_TIMEOUT
-from .mounts import umount
-from .options import ALWAYS
+from .. import request_loop
+from ..control import serve_control, socket_path
+from ..fuse_ops import BLOCK_SIZE, CACHE_TIMEOUT
+from ..mounts import umount
+from ..options import ALWAYS
 
 #: The filesystem type the bench looks for in the mount table (``fuse.<SUBTYPE>``).
 SUBTYPE = "lockfs-minimal"
@@ -217,7 +217,7 @@ async def _stop_on_signal(mountpoint: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lockfs.bench_minimal")
+    parser = argparse.ArgumentParser(prog="python -m lockfs.bench.minimal")
     parser.add_argument("mountpoint")
     parser.add_argument("--dir-entry-timeout", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument(

@@ -2,7 +2,7 @@
  * The floor of lockfs-bench: a minimal FUSE server in C on libfuse3's low-level API.
  *
  * It answers the requests of a lock cycle with the same mount options and cache timeouts as
- * lockfs (and as lockfs.bench_minimal) and nothing else: no reclaim (entries live until
+ * lockfs (and as lockfs.bench.minimal) and nothing else: no reclaim (entries live until
  * unmount), no lookup counting, one thread (fuse_session_loop), like lockfs's one worker task.
  * What it costs per cycle is what the kernel and libfuse cost; what pyfuse3 + trio add on top
  * shows in the minimal Python server, and what lockfs adds in lockfs.
@@ -11,7 +11,7 @@
  * reads them without asking the server. lockfs-bench compiles this file itself when gcc and
  * libfuse3's headers are there:
  *
- *   gcc -O2 -o bench-libfuse bench_libfuse.c $(pkg-config --cflags --libs fuse3)
+ *   gcc -O2 -o bench-libfuse libfuse.c $(pkg-config --cflags --libs fuse3)
  *   bench-libfuse MOUNTPOINT DIR_ENTRY_TIMEOUT COUNTS_PATH
  *
  * SIGTERM or SIGINT ends the loop and unmounts.
@@ -34,7 +34,7 @@
 #define BLOCK_SIZE 4096
 #define DIRENT_SIZE 20
 
-/* Request counters, in the order lockfs.bench_reference.LIBFUSE_COUNTERS names them. */
+/* Request counters, in the order lockfs.bench.reference.LIBFUSE_COUNTERS names them. */
 enum { C_LOOKUP, C_FORGET, C_GETATTR, C_SETATTR, C_MKDIR, C_CREATE, C_OPEN, C_FLUSH,
        C_RELEASE, C_RENAME, C_UNLINK, C_RMDIR, C_OTHER, C_COUNT };
 static volatile uint64_t *counts;
