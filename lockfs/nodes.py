@@ -344,13 +344,18 @@ class NodeTable:
         except KeyError:
             raise FsError(errno.ENOENT) from None
 
-    def child(self, parent_ino: int, name: bytes) -> Node:
-        """The node named ``name`` in directory ``parent_ino`` (no reference taken)."""
+    def _named(self, parent_ino: int, name: bytes) -> Node | None:
+        """The node named ``name`` in directory ``parent_ino``, or ``None`` (no reference
+        taken); an unknown parent, one that is not a directory, or an overlong name raise."""
         parent = self._dir(parent_ino)
         if len(name) > NAME_MAX:
             raise FsError(errno.ENAMETOOLONG)
         assert parent.children is not None
-        node = parent.children.get(name)
+        return parent.children.get(name)
+
+    def child(self, parent_ino: int, name: bytes) -> Node:
+        """The node named ``name`` in directory ``parent_ino`` (no reference taken)."""
+        node = self._named(parent_ino, name)
         if node is None:
             raise FsError(errno.ENOENT)
         return node
@@ -408,15 +413,12 @@ class NodeTable:
         before they exist), and an exception costs more than the rest of the lookup. A parent
         that is not a directory, or unknown, and an overlong name still raise.
         """
-        parent = self._dir(parent_ino)
-        if len(name) > NAME_MAX:
-            raise FsError(errno.ENAMETOOLONG)
-        assert parent.children is not None
-        node = parent.children.get(name)
+        node = self._named(parent_ino, name)
         if node is None:
             return None
         self._add_lookup(node)
-        self._touch(parent)
+        assert node.parent is not None
+        self._touch(node.parent)
         return node
 
     def getattr(self, ino: int) -> Node:
