@@ -138,45 +138,57 @@ def in_rounds(
     return out
 
 
-def section_hot(bench: Bench) -> dict[str, Any]:
-    """Hot cycles on one path, 1 and N processes, on every target in turns."""
-    cycles = bench.sizes.hot_cycles
+#: One part of a run in rounds: ``(target, part index, processes) -> figures``.
+PartRunner = Callable[[Target, int, int], dict[str, Any]]
+
+
+def _runs_in_rounds(
+    bench: Bench, what: str, cycles: int, run_part: PartRunner, *, settle: bool
+) -> list[dict[str, Any]]:
+    """One run of ``cycles`` per process count, each cut into rounds that the targets take in
+    turns, with its ratios against tmpfs and the reference servers."""
     runs = []
     for procs in bench.proc_counts:
         run: dict[str, Any] = {"procs": procs, "cycles": cycles}
-        shares = split_range(range(cycles), bench.rounds)
-
-        def hot_part(target: Target, part: int) -> dict[str, Any]:
-            path = os.path.join(target.root, "hot", "vm-100.lck")
-            return bench.hot_run(target, path, len(shares[part]), procs)  # noqa: B023
-
+        label = f"{what}: {cycles:,} cycles, {procs} processes"
         run.update(
-            in_rounds(bench, f"hot: {cycles:,} cycles, {procs} processes", hot_part, settle=False)
+            in_rounds(
+                bench,
+                label,
+                lambda target, part: run_part(target, part, procs),  # noqa: B023
+                settle=settle,
+            )
         )
         run["ratio"] = ratios(run["tmpfs"], run["lockfs"], RUN_RATIO_KEYS)
         run.update(reference.reference_ratios(run))
         runs.append(run)
-    return {"cycles": cycles, "runs": runs}
+    return runs
+
+
+def section_hot(bench: Bench) -> dict[str, Any]:
+    """Hot cycles on one path, 1 and N processes, on every target in turns."""
+    cycles = bench.sizes.hot_cycles
+    shares = split_range(range(cycles), bench.rounds)
+
+    def hot_part(target: Target, part: int, procs: int) -> dict[str, Any]:
+        path = os.path.join(target.root, "hot", "vm-100.lck")
+        return bench.hot_run(target, path, len(shares[part]), procs)
+
+    return {"cycles": cycles, "runs": _runs_in_rounds(bench, "hot", cycles, hot_part, settle=False)}
 
 
 def section_cold(bench: Bench) -> dict[str, Any]:
     """PBS's sequence on fresh chunk paths, 1 and N processes, on every target in turns;
     reclaim waited for."""
     cycles = bench.sizes.cold_cycles
-    runs = []
-    for procs in bench.proc_counts:
-        run: dict[str, Any] = {"procs": procs, "cycles": cycles}
-        shares = split_range(bench.allocate(cycles), bench.rounds)
+    shares_of_run: dict[int, list[range]] = {}
 
-        def cold_part(target: Target, part: int) -> dict[str, Any]:
-            return timed_run(target, "cold", bench.cold_jobs(target, shares[part], procs))  # noqa: B023
+    def cold_part(target: Target, part: int, procs: int) -> dict[str, Any]:
+        if procs not in shares_of_run:  # fresh chunk paths for every run
+            shares_of_run[procs] = split_range(bench.allocate(cycles), bench.rounds)
+        return timed_run(target, "cold", bench.cold_jobs(target, shares_of_run[procs][part], procs))
 
-        run.update(
-            in_rounds(bench, f"cold: {cycles:,} cycles, {procs} processes", cold_part, settle=True)
-        )
-        run["ratio"] = ratios(run["tmpfs"], run["lockfs"], RUN_RATIO_KEYS)
-        run.update(reference.reference_ratios(run))
-        runs.append(run)
+    runs = _runs_in_rounds(bench, "cold", cycles, cold_part, settle=True)
     return {"cycles": cycles, "runs": runs}
 
 
