@@ -12,6 +12,7 @@ imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -55,6 +56,10 @@ def lockfs_command(mountpoint: str | os.PathLike[str], options: str) -> list[str
 
 class ServerExited(Exception):
     """The server exited before its mount served; the message holds its exit status and log."""
+
+
+#: Seconds between the SIGTERMs of :meth:`ServerProcess.terminate`.
+TERM_RETRY = 0.5
 
 
 class ServerProcess:
@@ -118,17 +123,23 @@ class ServerProcess:
         return polled[0]
 
     def terminate(self, timeout: float) -> bool:
-        """SIGTERM (lockfs then unmounts once nothing is open) and wait up to ``timeout`` s;
-        kill it if it is still running then. False if it had to be killed."""
-        if self.proc.poll() is not None:
-            return True
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return False
+        """SIGTERM and wait up to ``timeout`` s; kill it if it is still running then. False if
+        it had to be killed.
+
+        lockfs unmounts on SIGTERM only once nothing is open on the mount, and refuses (keeps
+        serving) otherwise. Processes that were just killed close their files at exit, but
+        the RELEASE requests may still be queued when the first SIGTERM arrives, so SIGTERM
+        is sent again every :data:`TERM_RETRY` seconds until the deadline."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.proc.kill()
+                self.proc.wait()
+                return False
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=min(TERM_RETRY, left))
         return True
 
     def close_log(self) -> None:
