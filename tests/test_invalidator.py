@@ -6,14 +6,9 @@ from __future__ import annotations
 import threading
 import time
 
+from support import wait_for
+
 from lockfs.invalidator import EntryInvalidator
-
-
-def wait_until(condition: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.001)
 
 
 def test_entries_are_sent_in_order_and_enoent_is_ignored() -> None:
@@ -28,7 +23,7 @@ def test_entries_are_sent_in_order_and_enoent_is_ignored() -> None:
     invalidator.start()
     invalidator.submit([(1, b"a"), (1, b"gone"), (2, b"b")])
     invalidator.submit([(3, b"c")])
-    wait_until(lambda: len(sent) == 3)
+    wait_for(lambda: len(sent) == 3, 5, "three invalidations sent")
     assert sent == [(1, b"a"), (2, b"b"), (3, b"c")]
     assert invalidator.stop(timeout=5)
 
@@ -54,5 +49,5 @@ def test_a_blocked_notification_blocks_neither_submit_nor_stop() -> None:
     assert time.monotonic() - start < 1.0
     assert invalidator.stop(timeout=0.1) is False
     release.set()
-    wait_until(lambda: not invalidator._thread.is_alive())
+    wait_for(lambda: not invalidator._thread.is_alive(), 5, "the thread to end")
     assert sent == [b"blocked"], "entries queued before stop() were sent after it"
