@@ -244,3 +244,24 @@ async def test_entries_due_together_come_in_one_list(autojump_clock: MockClock) 
         await trio.sleep(FILE_DELAY + max_sleep(table))
         assert len(kernel.calls) == 50
         assert kernel.batches == 1
+
+
+async def test_steady_stream_is_handed_over_in_few_lists(autojump_clock: MockClock) -> None:
+    """Files falling idle one after another (every millisecond, as in a busy sweep) are handed
+    over in lists covering about half of max_sleep each, not one list per MIN_SLEEP: every
+    list costs wake-ups of the invalidation thread and a burst of FORGETs. Each is still
+    invalidated no earlier than its delay and at most max_sleep later."""
+    table = make_table()
+    longest = max_sleep(table)
+    released: dict[bytes, float] = {}
+    async with reclaiming(table) as kernel:
+        for i in range(2000):
+            name = b"f%d" % i
+            table.release(table.create(ROOT_INO, name, 0o644, 0, 0).ino)
+            released[name] = trio.current_time()
+            await trio.sleep(0.001)
+        await trio.sleep(FILE_DELAY + longest)
+    assert len(kernel.calls) == 2000
+    for when, _, name in kernel.calls:
+        assert released[name] + FILE_DELAY <= when <= released[name] + FILE_DELAY + longest
+    assert kernel.batches <= 2.0 / (longest / 2) + 2  # 2 s of releases, one list per window
