@@ -29,7 +29,7 @@ import errno
 import functools
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -44,15 +44,17 @@ BLOCK_SIZE = 4096
 #: Directory size reported per entry, as tmpfs does.
 DIRENT_SIZE = 20
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+R = TypeVar("R")
 
 
-def _handler(fn: F) -> F:
-    """Count the request, turn table errors into FUSE errors and bugs into EIO."""
+def _handler(fn: Callable[..., R]) -> Callable[..., Coroutine[Any, Any, R]]:
+    """Make a request handler of ``fn``: count the request, turn table errors into FUSE errors
+    and bugs into EIO. ``fn`` itself is synchronous (no handler ever waits), so a request
+    costs one coroutine, this wrapper's, not two."""
     name = fn.__name__
 
     @functools.wraps(fn)
-    async def wrapper(self: LockOperations, *args: Any) -> Any:
+    async def wrapper(self: LockOperations, *args: Any) -> R:
         self.requests[name] += 1
         self.serving_name = name  # the request in service, for the hang watchdog
         self.serving_args = args
@@ -61,7 +63,7 @@ def _handler(fn: F) -> F:
         try:
             if self.fault_hook is not None:
                 self.fault_hook(name, args)
-            return await fn(self, *args)
+            return fn(self, *args)
         except FsError as exc:
             if self.trace:
                 log.debug("request %s%r -> %s", name, args, errno.errorcode.get(exc.errno))
@@ -75,7 +77,7 @@ def _handler(fn: F) -> F:
         finally:
             self.serving_args = None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 class LockOperations(pyfuse3.Operations):
@@ -138,7 +140,7 @@ class LockOperations(pyfuse3.Operations):
     # ----------------------------------------------------------------- names
 
     @_handler
-    async def lookup(
+    def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         node = self.table.lookup(parent_inode, name)
@@ -147,16 +149,16 @@ class LockOperations(pyfuse3.Operations):
         return self.entry(node)
 
     @_handler
-    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.table.forget(ino, count)
 
     @_handler
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self.entry(self.table.getattr(inode))
 
     @_handler
-    async def setattr(
+    def setattr(
         self,
         inode: int,
         attr: pyfuse3.EntryAttributes,
@@ -176,34 +178,34 @@ class LockOperations(pyfuse3.Operations):
         return self.entry(node)
 
     @_handler
-    async def mkdir(
+    def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         return self.entry(self.table.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
 
     @_handler
-    async def mknod(
+    def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         return self.entry(self.table.mknod(parent_inode, name, mode, ctx.uid, ctx.gid))
 
     @_handler
-    async def create(
+    def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         node = self.table.create(parent_inode, name, mode, ctx.uid, ctx.gid)
         return self._file_info(node), self.entry(node)
 
     @_handler
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self.table.unlink(parent_inode, name)
 
     @_handler
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self.table.rmdir(parent_inode, name)
 
     @_handler
-    async def rename(
+    def rename(
         self,
         parent_inode_old: int,
         name_old: bytes,
@@ -215,55 +217,55 @@ class LockOperations(pyfuse3.Operations):
         self.table.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     @_handler
-    async def link(
+    def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self.table.link(inode, new_parent_inode, new_name)
 
     @_handler
-    async def symlink(
+    def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self.table.symlink(parent_inode, name, target)
 
     @_handler
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+    def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         self.table.readlink(inode)
 
     # ----------------------------------------------------------------- files
 
     @_handler
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+    def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         return self._file_info(self.table.open(inode, flags))
 
     @_handler
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    def read(self, fh: int, off: int, size: int) -> bytes:
         return self.table.read(fh, off, size)
 
     @_handler
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    def write(self, fh: int, off: int, buf: bytes) -> int:
         return self.table.write(fh, off, buf)
 
     @_handler
-    async def flush(self, fh: int) -> None:
+    def flush(self, fh: int) -> None:
         raise FsError(errno.ENOSYS)
 
     @_handler
-    async def release(self, fh: int) -> None:
+    def release(self, fh: int) -> None:
         self.table.release(fh)
 
     @_handler
-    async def fsync(self, fh: int, datasync: bool) -> None:
+    def fsync(self, fh: int, datasync: bool) -> None:
         return None
 
     # ----------------------------------------------------------------- directories
 
     @_handler
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         return self.table.opendir(inode).ino
 
     @_handler
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         self.table.readdirplus(
             fh,
             start_id,
@@ -271,15 +273,15 @@ class LockOperations(pyfuse3.Operations):
         )
 
     @_handler
-    async def releasedir(self, fh: int) -> None:
+    def releasedir(self, fh: int) -> None:
         self.table.release(fh)
 
     @_handler
-    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+    def fsyncdir(self, fh: int, datasync: bool) -> None:
         return None
 
     @_handler
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+    def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         capacity = self.table.capacity()
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = BLOCK_SIZE
