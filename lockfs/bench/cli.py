@@ -51,7 +51,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rounds",
         type=int,
         metavar="N",
-        help="hot and cold runs in N parts, the targets taking turns (default 4; --quick: 2)",
+        help="hot and cold runs in N parts, the targets taking turns "
+        "(default 4; --full: 10; --quick: 2)",
     )
     parser.add_argument(
         "--no-reference",
@@ -72,7 +73,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.procs < 1 or args.held_procs < 1:
         parser.error("--procs and --held-procs must be at least 1")
     if args.rounds is None:
-        args.rounds = 2 if args.quick else 4
+        args.rounds = 2 if args.quick else 10 if args.full else 4
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     return args
