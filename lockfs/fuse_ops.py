@@ -47,6 +47,21 @@ DIRENT_SIZE = 20
 R = TypeVar("R")
 
 
+def _absent_entry() -> pyfuse3.EntryAttributes:
+    """The reply to a LOOKUP of an absent name: a negative entry (node id 0) that the kernel
+    may not keep (timeouts 0), which is what ENOENT means to it (fs/fuse/dir.c treats node id
+    0 as ENOENT with a timeout), without raising an exception through two frames (1.2 µs of
+    the 2 µs such a LOOKUP cost; three per cold PBS lock). Never changed after creation."""
+    attr = pyfuse3.EntryAttributes()
+    attr.st_ino = 0
+    attr.entry_timeout = 0
+    attr.attr_timeout = 0
+    return attr
+
+
+ABSENT = _absent_entry()
+
+
 def _handler(fn: Callable[..., R]) -> Callable[..., Coroutine[Any, Any, R]]:
     """Make a request handler of ``fn``: count the request, turn table errors into FUSE errors
     and bugs into EIO. ``fn`` itself is synchronous (no handler ever waits), so a request
@@ -145,7 +160,7 @@ class LockOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         node = self.table.lookup(parent_inode, name)
         if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            return ABSENT
         return self.entry(node)
 
     @_handler

@@ -31,7 +31,7 @@ import trio
 
 from .. import request_loop
 from ..control import serve_control, socket_path
-from ..fuse_ops import BLOCK_SIZE, CACHE_TIMEOUT
+from ..fuse_ops import ABSENT, BLOCK_SIZE, CACHE_TIMEOUT
 from ..mounts import umount
 from ..options import ALWAYS
 
@@ -96,7 +96,7 @@ class MinimalOperations(pyfuse3.Operations):
         self._count("lookup")
         ino = self.children[parent_inode].get(name)
         if ino is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            return ABSENT
         return self.attrs[ino]
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
