@@ -10,7 +10,8 @@ replaces), so :func:`install` puts a thin stand-in there that
   and otherwise (and at least every :data:`YIELD_EVERY` requests) waits the trio way, so the
   other tasks (reclaim, signals, control socket, the watchdog's heartbeat) and cancellation
   still get their turn within a few milliseconds under full load;
-* hands out a lock that takes the uncontended path without a scheduler pass.
+* hands out a lock whose uncontended acquire and release are a flag (no scheduler pass, no
+  ``trio.Lock`` bookkeeping).
 
 Everything else pyfuse3 asks of ``trio`` goes to trio itself. Works with pyfuse3 3.2 to 3.5,
 which use the same names.
@@ -32,19 +33,36 @@ YIELD_EVERY = 64
 
 
 class _Lock:
-    """``trio.Lock`` whose uncontended ``async with`` does not yield."""
+    """A lock for ``async with`` whose uncontended acquire and release are a flag.
+
+    pyfuse3 holds its read lock around every request read, so ``trio.Lock``'s checks
+    (``current_task()``, KeyboardInterrupt protection, ``ParkingLot.__bool__``) cost about a
+    microsecond per request although, with lockfs's one worker task, nobody ever waits.
+    Contended, a task parks and the holder hands the lock over on release, as
+    ``trio.Lock`` does (fair, FIFO); a waiter cancelled while parked never owns it.
+    """
 
     def __init__(self) -> None:
-        self._lock = trio.Lock()
+        self._held = False
+        #: Tasks that called ``park`` and have not returned from it (a cancelled one leaves
+        #: the lot at once but counts until it runs again; release copes with that).
+        self._waiting = 0
+        self._lot = trio.lowlevel.ParkingLot()
 
     async def __aenter__(self) -> None:
+        if not self._held:
+            self._held = True
+            return
+        self._waiting += 1
         try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
+            await self._lot.park()  # returns once the holder handed the lock to this task
+        finally:
+            self._waiting -= 1
 
     async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
+        if self._waiting and self._lot.unpark(count=1):
+            return  # handed over: still held, now by the task just woken
+        self._held = False
 
 
 class _Readiness:

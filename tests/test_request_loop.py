@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 
 from lockfs import request_loop
 
@@ -108,3 +109,45 @@ async def test_lock_excludes_and_hands_over(shim: object) -> None:
         nursery.start_soon(holder, "a")
         nursery.start_soon(holder, "b")
     assert order in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
+
+
+async def test_lock_hands_over_in_order_and_skips_cancelled_waiters(shim: object) -> None:
+    """Three waiters behind a holder get the lock in the order they came; one cancelled
+    while waiting never gets it, and the lock is free again at the end."""
+    lock = shim.Lock()  # type: ignore[attr-defined]
+    order: list[str] = []
+    release = trio.Event()
+
+    async def holder() -> None:
+        async with lock:
+            order.append("holder")
+            await release.wait()
+
+    async def waiter(name: str) -> None:
+        async with lock:
+            order.append(name)
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(holder)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(waiter, "a")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(waiter, "b")
+        await trio.testing.wait_all_tasks_blocked()
+        cancel_scope = trio.CancelScope()
+
+        async def cancellable() -> None:
+            with cancel_scope:
+                await waiter("b-cancelled")
+
+        nursery.start_soon(cancellable)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(waiter, "c")
+        await trio.testing.wait_all_tasks_blocked()
+        cancel_scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert order == ["holder", "a", "b", "c"]
+    async with lock:  # free again: taken without waiting
+        pass
