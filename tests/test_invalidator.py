@@ -3,12 +3,13 @@ ends at stop() even while the kernel keeps it waiting."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
 from support import wait_for
 
-from lockfs.invalidator import EntryInvalidator
+from lockfs.invalidator import SWITCH_INTERVAL, EntryInvalidator
 
 
 def test_entries_are_sent_in_order_and_enoent_is_ignored() -> None:
@@ -51,3 +52,18 @@ def test_a_blocked_notification_blocks_neither_submit_nor_stop() -> None:
     release.set()
     wait_for(lambda: not invalidator._thread.is_alive(), 5, "the thread to end")
     assert sent == [b"blocked"], "entries queued before stop() were sent after it"
+
+
+def test_switch_interval_is_short_while_the_thread_runs() -> None:
+    """The thread must get the GIL within SWITCH_INTERVAL under load (a busy trio thread
+    hardly blocks), so start() shortens the interpreter's switch interval and stop() puts the
+    previous one back."""
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL
+    invalidator = EntryInvalidator(notify=lambda parent, name: None)
+    invalidator.start()
+    try:
+        assert sys.getswitchinterval() == SWITCH_INTERVAL
+    finally:
+        assert invalidator.stop(timeout=5)
+    assert sys.getswitchinterval() == before
