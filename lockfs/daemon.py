@@ -27,6 +27,7 @@ from .metrics import keep_metrics_file
 from .mounts import FSTYPE, entries_at, is_busy, umount
 from .nodes import Limits, NodeTable, ReclaimPolicy
 from .options import MountOptions
+from .persist import DataMirror
 from .reclaimer import reclaim_loop
 from .testing_hooks import NO_HOOKS, TestHooks
 from .watchdog import Watchdog
@@ -62,6 +63,10 @@ class Daemon:
             policy=ReclaimPolicy(options.reclaim_delay, options.dir_grace),
             limits=Limits(options.max_entries, options.max_file_size, options.max_depth),
         )
+        #: Keeps data files across restarts (restored in :meth:`mount`), or None.
+        self.mirror: DataMirror | None = None
+        if options.data_dir is not None:
+            self.mirror = DataMirror(self.table, options.data_dir, self.mountpoint)
         self.ops = LockOperations(self.table, trace=options.debug)
         self.ops.fault_hook = hooks.request_hook()
         self.watchdog: Watchdog | None = None
@@ -84,14 +89,38 @@ class Daemon:
         self.invalidator = EntryInvalidator()
 
     def mount(self) -> None:
-        """Mount the filesystem (requests wait in the kernel until :meth:`serve` runs)."""
+        """Load the data kept from earlier mounts, then mount the filesystem (requests wait in
+        the kernel until :meth:`serve` runs)."""
         request_loop.install()
-        pyfuse3.init(self.ops, self.mountpoint, self.options.fuse_options(self.fsname))
+        if self.mirror is not None:
+            self._restore(self.mirror)
+        try:
+            pyfuse3.init(self.ops, self.mountpoint, self.options.fuse_options(self.fsname))
+        except BaseException:
+            if self.mirror is not None:
+                self.mirror.close()
+            raise
         self._mounted = True
         # The caller holds the mountpoint claim, so the topmost lockfs here is this one.
         ours = [e for e in entries_at(self.mountpoint, resolve_path=False) if e.fstype == FSTYPE]
         self.mount_id = ours[-1].mount_id if ours else None
         log.info("mounted lockfs at %s", self.mountpoint)
+
+    def _restore(self, mirror: DataMirror) -> None:
+        mirror.open()
+        try:
+            restored = mirror.restore()
+        except BaseException:
+            mirror.close()
+            raise
+        if restored.files:
+            log.info(
+                "restored %d data files (%d bytes, %d directories) from %s",
+                restored.files,
+                restored.bytes,
+                restored.dirs,
+                mirror.path,
+            )
 
     def serve(self, on_ready: Callable[[], None] = lambda: None) -> None:
         """Serve requests until the filesystem is unmounted, then clean up."""
@@ -216,4 +245,6 @@ class Daemon:
             log.warning("an entry invalidation is still blocked in the kernel")
         else:
             pyfuse3.close(unmount=False)
+        if self.mirror is not None:
+            self.mirror.close()
         log.info("lockfs at %s stopped", self.mountpoint)
