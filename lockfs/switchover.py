@@ -45,6 +45,7 @@ from .control import escape_path
 from .locks import read_proc_locks
 from .mounts import FSTYPE, entries_at, mount_table, resolve, umount
 from .options import MountOptions, OptionError, parse_options
+from .persist import discard
 
 DEFAULT_DIR = "/run/proxmox-backup/locks"
 ASIDE_SUFFIX = ".lockfs-switch-over"
@@ -222,6 +223,8 @@ class Plan:
     tree: Tree
     #: The systemd mount unit that mounts ``path``, if any (else mount(8) does).
     unit: str | None = None
+    #: Where the new mount keeps its data files across restarts (lockfs.persist), or None.
+    data_dir: str | None = None
 
 
 def plan(path: str, extra_options: str = "") -> Plan | None:
@@ -277,7 +280,7 @@ def plan(path: str, extra_options: str = "") -> Plan | None:
     if problems:
         raise Refused(f"{path} holds entries lockfs cannot carry over: " + "; ".join(problems[:10]))
     _refuse_if_used(tree, path)
-    return Plan(path, aside, options, tree, unit)
+    return Plan(path, aside, options, tree, unit, limits.data_dir)
 
 
 def _refuse_if_used(tree: Tree, shown_as: str) -> None:
@@ -294,6 +297,12 @@ def _refuse_if_used(tree: Tree, shown_as: str) -> None:
 
 def execute(p: Plan) -> str:
     """Carry out a plan; the summary for the administrator. Raises :class:`Refused`."""
+    discarded = ""
+    try:  # the old directory's files are newer than what an earlier mount here kept
+        if p.data_dir is not None and discard(p.data_dir, p.path):
+            discarded = " Discarded the older data files an earlier lockfs mount there kept."
+    except OSError as exc:
+        raise Refused(f"cannot discard what an earlier mount kept: {exc}") from None
     try:
         rename_noreplace(p.path, p.aside)
     except OSError as exc:
@@ -320,6 +329,7 @@ def execute(p: Plan) -> str:
     return (
         f"{p.path} is now a lockfs mount ({p.options}). Carried over: {files}. "
         f"Left behind: {len(tree.empty)} empty lock files, {len(tree.dirs)} directories."
+        + discarded
     )
 
 
