@@ -156,6 +156,8 @@ class Daemon:
             if self.watchdog is not None:
                 self.watchdog.stop()
             self._session_ended = True
+            if self.mirror is not None:  # no request comes any more: a new mount may take it
+                self.mirror.close()
             log.info("FUSE session ended")
             nursery.cancel_scope.cancel()
 

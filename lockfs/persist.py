@@ -54,9 +54,11 @@ from .nodes import ROOT_INO, FsError, Node, NodeTable
 
 log = logging.getLogger(__name__)
 
-#: How long a starting daemon waits for the mount's mirror to be let go by a daemon that is
-#: still exiting (``systemctl restart`` starts the new mount at once).
-LOCK_TIMEOUT = 10.0
+#: How long a starting daemon waits for a daemon that is still exiting (``systemctl restart``
+#: starts the new mount at once) to let go of the mount's directory before taking it over.
+LOCK_WAIT = 2.0
+#: Names of new directories being filled before they replace a mount's (never an escaped path).
+NEW_PREFIX = ".lockfs-new-"
 #: At most one "cannot keep ... across restarts" log line per this many seconds.
 FAILURE_LOG_INTERVAL = 60.0
 #: Restored files are read and written in pieces of this size.
@@ -65,6 +67,7 @@ CHUNK = 1 << 20
 MAX_NAME = 255
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [
@@ -114,6 +117,15 @@ def _renameat2(old_fd: int, old: bytes, new_fd: int, new: bytes, flags: int) -> 
     if _libc.renameat2(old_fd, old, new_fd, new, flags) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
+
+
+def _try_lock(fd: int) -> bool:
+    """An exclusive flock on ``fd`` if nobody else holds one."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def _check_private(fd: int, shown: str) -> None:
@@ -253,81 +265,161 @@ class DataMirror:
     then the table's :class:`~lockfs.nodes.DataObserver`."""
 
     def __init__(
-        self,
-        table: NodeTable,
-        data_dir: str,
-        mountpoint: str,
-        *,
-        lock_timeout: float = LOCK_TIMEOUT,
+        self, table: NodeTable, data_dir: str, mountpoint: str, *, lock_wait: float = LOCK_WAIT
     ) -> None:
         self.table = table
         self.data_dir = data_dir
         self.path = mirror_path(data_dir, mountpoint)
-        self.lock_timeout = lock_timeout
+        self.lock_wait = lock_wait
+        self._name = os.path.basename(self.path)
         self._base_fd = -1
+        #: The mount's directory this daemon writes to (flocked while it does), or -1.
         self._root_fd = -1
+        #: The directory a daemon still alive holds (restored from, then taken over), or -1.
+        self._held_fd = -1
         self._failure_logged_at = -FAILURE_LOG_INTERVAL
         self._failures = 0
 
     # ----------------------------------------------------------------- lifecycle
 
     def open(self) -> None:
-        """Open (creating) and lock the mount's directory; raises :class:`MirrorError`."""
-        base = _open_private_dir(self.data_dir)
-        name = os.path.basename(self.path)
-        deadline = time.monotonic() + self.lock_timeout
+        """Open (creating) the mount's directory and lock it; raises :class:`MirrorError`.
+
+        A daemon that is exiting lets go within :data:`LOCK_WAIT`. One that still holds it
+        then serves a mount no longer at this path (unmounted lazily, or kept alive by another
+        mount namespace: the caller checked that no lockfs is mounted here): :meth:`restore`
+        reads its directory and takes over."""
+        self._base_fd = _open_private_dir(self.data_dir)
         try:
+            self._remove_leftovers()
+            deadline = time.monotonic() + self.lock_wait
             while True:
                 with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, 0o700, dir_fd=base)
-                root = os.open(name, _DIR_FLAGS, dir_fd=base)
-                try:
-                    _check_private(root, self.path)
-                    if self._lock(root, deadline) and os.fstat(root).st_nlink > 0:
-                        break  # locked, and not removed by a daemon that let go just now
-                except BaseException:
-                    os.close(root)
-                    raise
-                os.close(root)
+                    os.mkdir(self._name, 0o700, dir_fd=self._base_fd)
+                fd = os.open(self._name, _DIR_FLAGS, dir_fd=self._base_fd)
+                _check_private(fd, self.path)
+                locked = _try_lock(fd)
+                if locked and os.fstat(fd).st_nlink > 0:
+                    self._root_fd = fd  # not removed by a daemon that let go just now
+                    return
+                if not locked and time.monotonic() > deadline:
+                    self._held_fd = fd
+                    return
+                os.close(fd)
+                time.sleep(0.02)
         except OSError as exc:
-            os.close(base)
+            self.close()
             raise MirrorError(f"cannot use {self.path}: {exc.strerror}") from None
         except BaseException:
-            os.close(base)
+            self.close()
             raise
-        self._base_fd, self._root_fd = base, root
 
-    def _lock(self, fd: int, deadline: float) -> bool:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise MirrorError(
-                        f"{self.path} is in use by another lockfs daemon (for a mount at the "
-                        "same path) that did not let go within "
-                        f"{self.lock_timeout:g} s"
-                    ) from None
-                time.sleep(0.02)
+    def _remove_leftovers(self) -> None:
+        """Remove what a takeover that was interrupted left (a copy nobody holds)."""
+        for name in os.listdir(self._base_fd):
+            if not name.startswith(NEW_PREFIX):
+                continue
+            with contextlib.suppress(OSError):
+                fd = os.open(name, _DIR_FLAGS, dir_fd=self._base_fd)
+                try:
+                    if _try_lock(fd):
+                        shutil.rmtree(name, dir_fd=self._base_fd)
+                finally:
+                    os.close(fd)
 
     def close(self) -> None:
-        """Let go of the mirror; its directory goes if it holds nothing (else it stays for
-        the next mount to restore)."""
+        """Let go of the mirror; its directory goes if it holds nothing and is still this
+        daemon's (else it stays for the next mount to restore)."""
+        if self._root_fd >= 0:
+            with contextlib.suppress(OSError):  # not empty: kept for the next mount
+                if self._is_current(self._root_fd):
+                    os.rmdir(self._name, dir_fd=self._base_fd)
+        for fd in (self._root_fd, self._held_fd, self._base_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._root_fd = self._held_fd = self._base_fd = -1
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether ``fd`` is the directory the mount's name leads to."""
+        try:
+            st = os.stat(self._name, dir_fd=self._base_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        own = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+    def _usable(self, node: Node) -> bool:
+        """Before a change of ``node``: whether this daemon still keeps the mirror. If its
+        directory was removed (by hand), it is written again from the table; if another
+        daemon took it over (this mount is no longer at its path), this one stops keeping
+        data."""
         if self._root_fd < 0:
-            return
-        with contextlib.suppress(OSError):  # not empty: kept for the next mount
-            os.rmdir(os.path.basename(self.path), dir_fd=self._base_fd)
-        os.close(self._root_fd)
-        os.close(self._base_fd)
-        self._root_fd = self._base_fd = -1
+            return False
+        try:
+            if os.fstat(self._root_fd).st_nlink:
+                return True
+            os.close(self._root_fd)
+            self._root_fd = -1
+            try:
+                os.stat(self._name, dir_fd=self._base_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                log.warning("%s was removed: writing it again from the mount", self.path)
+                self._replace_with_copy(exchange=False)
+                return True
+        except OSError as exc:
+            self._log_failure(node, exc)
+            raise _fail(exc) from None
+        log.warning(
+            "%s was taken over by a newer lockfs mounted at the same path: this mount's data "
+            "is no longer kept across restarts",
+            self.path,
+        )
+        return False
+
+    def _replace_with_copy(self, *, exchange: bool) -> None:
+        """Write every data file of the table into a new directory and put it in place:
+        swapped with the held one (which is then removed), or under the missing name."""
+        fresh = f"{NEW_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
+        os.mkdir(fresh, 0o700, dir_fd=self._base_fd)
+        fd = os.open(fresh, _DIR_FLAGS, dir_fd=self._base_fd)
+        _try_lock(fd)  # a new directory: nobody else has it
+        self._root_fd = fd
+        try:
+            for node in self._data_files():
+                with self._change(node) as (chain, undo):
+                    assert chain is not None
+                    self._data_file(chain, node, undo)
+            flags = _RENAME_EXCHANGE if exchange else _RENAME_NOREPLACE
+            _renameat2(self._base_fd, fresh.encode(), self._base_fd, self._name.encode(), flags)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(fresh, dir_fd=self._base_fd)
+            os.close(fd)
+            self._root_fd = -1
+            raise
+        if exchange:  # the held directory now has the fresh name; its daemon's changes vanish
+            with contextlib.suppress(OSError):
+                shutil.rmtree(fresh, dir_fd=self._base_fd)
+
+    def _data_files(self) -> Iterator[Node]:
+        """The table's linked regular files that hold data."""
+        stack = [self.table.root]
+        while stack:
+            directory = stack.pop()
+            assert directory.children is not None
+            for node in directory.children.values():
+                if node.children is not None:
+                    stack.append(node)
+                elif node.size:
+                    yield node
 
     # ----------------------------------------------------------------- restore
 
     def restore(self) -> Restored:
         """Load the mirror into the (fresh) table, then watch the table's changes. Raises
         :class:`MirrorError` naming what cannot be restored."""
-        entries = self._scan(self._root_fd, ())
+        held = self._held_fd >= 0
+        entries = self._scan(self._held_fd if held else self._root_fd, (), prune=not held)
         done = Restored()
         made: list[Node] = []
         inos: dict[tuple[bytes, ...], int] = {(): ROOT_INO}
@@ -349,8 +441,24 @@ class DataMirror:
             # The kernel never saw these nodes: drop the references the requests took.
             for node in reversed(made):
                 self.table.forget(node.ino, 1)
+        if held:
+            self._take_over()
         self.table.observer = self
         return done
+
+    def _take_over(self) -> None:
+        try:
+            self._replace_with_copy(exchange=True)
+        except (OSError, FsError) as exc:
+            raise MirrorError(f"cannot take over {self.path}: {exc}") from None
+        os.close(self._held_fd)
+        self._held_fd = -1
+        log.warning(
+            "took over %s from a lockfs daemon still serving a mount that is no longer at this "
+            "path (unmounted lazily, or kept by another mount namespace); its changes from now "
+            "on are not kept",
+            self.path,
+        )
 
     def _unrestorable(self, entry: _Entry, code: int) -> str:
         path = os.path.join(self.path, os.fsdecode(b"/".join(entry.names)))
@@ -387,9 +495,9 @@ class DataMirror:
         table.release(node.ino)
         return node
 
-    def _scan(self, dir_fd: int, names: tuple[bytes, ...]) -> list[_Entry]:
+    def _scan(self, dir_fd: int, names: tuple[bytes, ...], *, prune: bool) -> list[_Entry]:
         """The entries below ``dir_fd``, each directory before what it holds; empty files and
-        directories left without files are removed."""
+        directories left without files are removed if ``prune``."""
         found: list[_Entry] = []
         for name in sorted(os.listdir(dir_fd)):
             encoded = os.fsencode(name)
@@ -398,17 +506,18 @@ class DataMirror:
             if stat.S_ISDIR(st.st_mode):
                 fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
                 try:
-                    below = self._scan(fd, path)
+                    below = self._scan(fd, path, prune=prune)
                 finally:
                     os.close(fd)
                 if below:
                     found.append(_Entry(path, st))
                     found += below
-                else:
+                elif prune:
                     os.rmdir(name, dir_fd=dir_fd)
             elif stat.S_ISREG(st.st_mode):
                 if st.st_size == 0:
-                    os.unlink(name, dir_fd=dir_fd)  # an empty file vanishes, as in the mount
+                    if prune:  # an empty file vanishes, as in the mount
+                        os.unlink(name, dir_fd=dir_fd)
                 else:
                     found.append(_Entry(path, st, self._segments(dir_fd, name)))
             else:
@@ -452,6 +561,8 @@ class DataMirror:
     def write(self, node: Node, offset: int, buf: bytes, mtime_ns: int) -> None:
         if node.parent is None or node.children is not None:
             return  # an unlinked file goes with its last holder
+        if not self._usable(node):
+            return
         with self._change(node) as (chain, undo):
             assert chain is not None
             fd, old_size, created = self._data_file(chain, node, undo)
@@ -482,7 +593,7 @@ class DataMirror:
     ) -> None:
         if node.children is None and not size and not node.size:
             return  # a lock file's fchmod and fchown: nothing to keep
-        if node.parent is None or node.ino == ROOT_INO:
+        if node.parent is None or node.ino == ROOT_INO or not self._usable(node):
             return
         if node.children is not None:
             if mode is not None or uid is not None or gid is not None:
@@ -512,6 +623,8 @@ class DataMirror:
     def unlink(self, node: Node) -> None:
         if node.parent is None or node.children is not None or not node.size:
             return
+        if not self._usable(node):
+            return
         with self._change(node, create=False) as (chain, _undo):
             if chain is None:
                 return
@@ -525,6 +638,8 @@ class DataMirror:
         empty = node.children is None and not node.size
         if empty and (target is None or (target.children is None and not target.size)):
             return  # PBS's new lock file onto its name: nothing to keep
+        if not self._usable(node):
+            return
         moves = self._has_mirror(node)
         replaced = target is not None and self._has_mirror(target)
         if not moves and not replaced:

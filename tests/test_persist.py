@@ -62,7 +62,7 @@ def new_table(clock: FakeClock | None = None, **limits: int) -> NodeTable:
 
 
 def start(table: NodeTable, data_dir: str | Path) -> DataMirror:
-    mirror = DataMirror(table, str(data_dir), MOUNTPOINT, lock_timeout=0.2)
+    mirror = DataMirror(table, str(data_dir), MOUNTPOINT, lock_wait=0.1)
     mirror.open()
     mirror.restore()
     return mirror
@@ -321,14 +321,61 @@ def test_close_removes_only_an_empty_mount_directory(table: NodeTable, data_dir:
     assert os.listdir(data_dir) == [mirror_name(MOUNTPOINT)]
 
 
-def test_one_daemon_at_a_time(table: NodeTable, mirror: DataMirror, data_dir: Path) -> None:
-    second = DataMirror(new_table(), str(data_dir), MOUNTPOINT, lock_timeout=0.1)
-    with pytest.raises(MirrorError, match="in use by another lockfs daemon"):
-        second.open()
-    mirror.close()  # the first lets go (and removes the empty directory)
+def test_a_daemon_that_lets_go_in_time_hands_over_its_directory(
+    table: NodeTable, mirror: DataMirror, data_dir: Path
+) -> None:
+    data_file(table, table.root, b"journal", b"j")
+    inode = os.stat(mirror.path).st_ino
+    mirror.close()
+    second = DataMirror(new_table(), str(data_dir), MOUNTPOINT, lock_wait=0.1)
     second.open()
-    assert os.path.isdir(second.path)
+    assert second.restore().files == 1
+    assert os.stat(second.path).st_ino == inode  # the same directory, nothing copied
     second.close()
+
+
+def test_a_daemon_still_serving_elsewhere_is_taken_over(
+    table: NodeTable, mirror: DataMirror, data_dir: Path
+) -> None:
+    """The old daemon's mount is no longer at the path (lazily unmounted, or kept by another
+    mount namespace): a new mount there restores its data and takes the directory over; the
+    old one's changes from then on are not kept, and it leaves the new one's alone."""
+    store = make_dirs(table, b"store1")
+    journal = data_file(table, store, b"move-journal", b"line 1\n")
+    fresh = new_table()
+    second = DataMirror(fresh, str(data_dir), MOUNTPOINT, lock_wait=0.1)
+    second.open()
+    assert second.restore().files == 1
+    assert table_tree(fresh) == table_tree(table)
+    assert_mirrors(fresh, second)
+    table.write(journal.ino, 7, b"old daemon\n")  # not kept any more
+    data_file(table, store, b"other", b"x")
+    new_journal = fresh.child(fresh.child(ROOT_INO, b"store1").ino, b"move-journal")
+    fresh.write(new_journal.ino, 7, b"line 2\n")
+    assert_mirrors(fresh, second)
+    mirror.close()
+    assert_mirrors(fresh, second)
+    assert sorted(os.listdir(data_dir)) == [mirror_name(MOUNTPOINT)]  # the old copy is gone
+    second.close()
+
+
+def test_a_mount_directory_removed_by_hand_is_written_again(table: NodeTable, mirror: DataMirror) -> None:
+    store = make_dirs(table, b"store1")
+    journal = data_file(table, store, b"move-journal", b"line 1\n")
+    data_file(table, table.root, b"other", b"x")
+    shutil.rmtree(mirror.path)
+    table.write(journal.ino, 7, b"line 2\n")
+    assert_mirrors(table, mirror)
+
+
+def test_an_interrupted_takeover_leaves_nothing(table: NodeTable, data_dir: Path) -> None:
+    data_dir.mkdir(mode=0o700)
+    (data_dir / ".lockfs-new-1-2" / "store1").mkdir(parents=True)
+    (data_dir / ".lockfs-new-1-2" / "store1" / "move-journal").write_bytes(b"copy")
+    mirror = start(table, data_dir)
+    assert os.listdir(data_dir) == [mirror_name(MOUNTPOINT)]
+    assert table_tree(table) == {}
+    mirror.close()
 
 
 @pytest.mark.parametrize(
