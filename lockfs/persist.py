@@ -19,19 +19,18 @@ request fails and the table changes nothing: all or nothing. Space is reserved
 nothing. Only an undo that itself fails raises something else (the mirror may then differ:
 an internal fault).
 
-At mount, :meth:`DataMirror.restore` loads the mirror into the fresh table through the table's
-own request methods (create, write, setattr, release, forget), so the restored nodes end
-without kernel references, the files are never idle (they hold data) and their directories
-stay while they hold them. Empty files and directories in the mirror are removed. Anything the
-table cannot take (larger than ``max_file_size``, deeper than ``max_depth``, not a regular file
-or directory) makes the mount fail with its name: nothing is dropped silently.
+At mount, :meth:`DataMirror.restore` loads the mirror into the fresh table (lockfs.restore:
+through the table's own request methods; what it cannot take fails the mount with its name).
 
 The mirror is reached only through directory descriptors opened with ``O_NOFOLLOW``: every
 directory from ``/`` down must be a real directory owned by root and not writable by others
 (sticky ones such as /tmp excepted above ``data_dir``), and ``data_dir`` and the mount's
 directory must not be writable by group or others; missing ones are created with mode 0700.
-The daemon holds an exclusive flock on its mount's directory while it runs, so two daemons
-never share one. No FUSE imports.
+The daemon holds an exclusive flock on its mount's directory while it serves. A daemon still
+holding it when a new mount at the path starts serves a mount no longer there (unmounted
+lazily, or kept by another mount namespace): the new daemon restores from it, then swaps in a
+copy written from its table, so two daemons never write to one directory, and the lock
+directory never stays down for it. No FUSE imports.
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ from dataclasses import dataclass, field
 
 from .control import escape_path
 from .nodes import ROOT_INO, FsError, Node, NodeTable
+from .restore import CHUNK, MirrorError, Restored, load, scan
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,6 @@ LOCK_WAIT = 2.0
 NEW_PREFIX = ".lockfs-new-"
 #: At most one "cannot keep ... across restarts" log line per this many seconds.
 FAILURE_LOG_INTERVAL = 60.0
-#: Restored files are read and written in pieces of this size.
-CHUNK = 1 << 20
 #: Longer mount directory names keep a readable prefix and end in a hash of the mountpoint.
 MAX_NAME = 255
 
@@ -77,10 +75,6 @@ _libc.renameat2.argtypes = [
     ctypes.c_char_p,
     ctypes.c_uint,
 ]
-
-
-class MirrorError(Exception):
-    """The mirror cannot be used (unsafe or unrestorable): the mount fails with this text."""
 
 
 class MirrorDiverged(RuntimeError):
@@ -242,24 +236,6 @@ class _Chain:
                 return
 
 
-@dataclass
-class Restored:
-    """What :meth:`DataMirror.restore` loaded."""
-
-    files: int = 0
-    dirs: int = 0
-    bytes: int = 0
-
-
-@dataclass
-class _Entry:
-    """A mirror entry found by the restore scan: a directory or a file's data segments."""
-
-    names: tuple[bytes, ...]
-    st: os.stat_result
-    segments: list[tuple[int, bytes]] = field(default_factory=list)
-
-
 class DataMirror:
     """The mirror of one mount's data files (see the module docstring): restore at mount,
     then the table's :class:`~lockfs.nodes.DataObserver`."""
@@ -416,31 +392,12 @@ class DataMirror:
     # ----------------------------------------------------------------- restore
 
     def restore(self) -> Restored:
-        """Load the mirror into the (fresh) table, then watch the table's changes. Raises
-        :class:`MirrorError` naming what cannot be restored."""
+        """Load the mirror into the (fresh) table (lockfs.restore), take it over from a daemon
+        that still holds it, then watch the table's changes. Raises :class:`MirrorError`
+        naming what cannot be restored."""
         held = self._held_fd >= 0
-        entries = self._scan(self._held_fd if held else self._root_fd, (), prune=not held)
-        done = Restored()
-        made: list[Node] = []
-        inos: dict[tuple[bytes, ...], int] = {(): ROOT_INO}
-        try:
-            for entry in entries:
-                parent = inos[entry.names[:-1]]
-                try:
-                    node = self._restore_entry(parent, entry)
-                except FsError as exc:
-                    raise MirrorError(self._unrestorable(entry, exc.errno)) from None
-                made.append(node)
-                inos[entry.names] = node.ino
-                if node.children is not None:
-                    done.dirs += 1
-                else:
-                    done.files += 1
-                    done.bytes += entry.st.st_size
-        finally:
-            # The kernel never saw these nodes: drop the references the requests took.
-            for node in reversed(made):
-                self.table.forget(node.ino, 1)
+        entries = scan(self._held_fd if held else self._root_fd, self.path, prune=not held)
+        done = load(self.table, entries, self.path)
         if held:
             self._take_over()
         self.table.observer = self
@@ -459,102 +416,6 @@ class DataMirror:
             "on are not kept",
             self.path,
         )
-
-    def _unrestorable(self, entry: _Entry, code: int) -> str:
-        path = os.path.join(self.path, os.fsdecode(b"/".join(entry.names)))
-        why = {
-            errno.EFBIG: "it is larger than max_file_size",
-            errno.ENAMETOOLONG: "it is deeper than max_depth",
-            errno.ENOSPC: "the mount would hold more than max_entries entries",
-        }.get(code, os.strerror(code))
-        return (
-            f"cannot restore {path}: {why}. Change the mount option, or move it out of "
-            f"{self.path} if it is not needed, then mount again"
-        )
-
-    def _restore_entry(self, parent: int, entry: _Entry) -> Node:
-        st, table = entry.st, self.table
-        mode = stat.S_IMODE(st.st_mode)
-        if stat.S_ISDIR(st.st_mode):
-            node = table.mkdir(parent, entry.names[-1], mode, st.st_uid, st.st_gid)
-            return table.setattr(node.ino, mode=mode, uid=st.st_uid, gid=st.st_gid)
-        if st.st_size > table.limits.max_file_size:
-            raise FsError(errno.EFBIG)
-        node = table.create(parent, entry.names[-1], mode, st.st_uid, st.st_gid)
-        for offset, data in entry.segments:
-            table.write(node.ino, offset, data)
-        table.setattr(
-            node.ino,
-            size=st.st_size,
-            mode=mode,
-            uid=st.st_uid,
-            gid=st.st_gid,
-            atime_ns=st.st_mtime_ns,
-            mtime_ns=st.st_mtime_ns,
-        )
-        table.release(node.ino)
-        return node
-
-    def _scan(self, dir_fd: int, names: tuple[bytes, ...], *, prune: bool) -> list[_Entry]:
-        """The entries below ``dir_fd``, each directory before what it holds; empty files and
-        directories left without files are removed if ``prune``."""
-        found: list[_Entry] = []
-        for name in sorted(os.listdir(dir_fd)):
-            encoded = os.fsencode(name)
-            path = (*names, encoded)
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-                try:
-                    below = self._scan(fd, path, prune=prune)
-                finally:
-                    os.close(fd)
-                if below:
-                    found.append(_Entry(path, st))
-                    found += below
-                elif prune:
-                    os.rmdir(name, dir_fd=dir_fd)
-            elif stat.S_ISREG(st.st_mode):
-                if st.st_size == 0:
-                    if prune:  # an empty file vanishes, as in the mount
-                        os.unlink(name, dir_fd=dir_fd)
-                else:
-                    found.append(_Entry(path, st, self._segments(dir_fd, name)))
-            else:
-                shown = os.path.join(self.path, os.fsdecode(b"/".join(path)))
-                raise MirrorError(
-                    f"{shown} is not a regular file or directory, which lockfs never keeps "
-                    f"there: move it out of {self.path}, then mount again"
-                )
-        return found
-
-    @staticmethod
-    def _segments(dir_fd: int, name: str) -> list[tuple[int, bytes]]:
-        """A file's data, without its holes: ``(offset, bytes)`` pieces."""
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        try:
-            size = os.fstat(fd).st_size
-            segments: list[tuple[int, bytes]] = []
-            offset = 0
-            while offset < size:
-                try:
-                    offset = os.lseek(fd, offset, os.SEEK_DATA)
-                except OSError as exc:
-                    if exc.errno == errno.ENXIO:  # only a hole is left
-                        break
-                    raise
-                end = min(os.lseek(fd, offset, os.SEEK_HOLE), size)
-                while offset < end:
-                    data = os.pread(fd, min(CHUNK, end - offset), offset)
-                    if not data:
-                        break
-                    segments.append((offset, data))
-                    offset += len(data)
-                if offset < end:  # shrank while read: nobody else writes here
-                    break
-            return segments
-        finally:
-            os.close(fd)
 
     # ----------------------------------------------------------------- the observer
 

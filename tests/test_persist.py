@@ -359,7 +359,9 @@ def test_a_daemon_still_serving_elsewhere_is_taken_over(
     second.close()
 
 
-def test_a_mount_directory_removed_by_hand_is_written_again(table: NodeTable, mirror: DataMirror) -> None:
+def test_a_mount_directory_removed_by_hand_is_written_again(
+    table: NodeTable, mirror: DataMirror
+) -> None:
     store = make_dirs(table, b"store1")
     journal = data_file(table, store, b"move-journal", b"line 1\n")
     data_file(table, table.root, b"other", b"x")
