@@ -127,6 +127,10 @@ class Daemon:
         try:
             trio.run(self._serve, on_ready)
         finally:
+            # Ending: a late SIGTERM has nothing left to do, and must not kill the exit (trio
+            # gave the signals their default action back; threads may not block them).
+            for signum in HANDLED_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
             if self.watchdog is not None:
                 self.watchdog.stop()
             self._close()
@@ -153,6 +157,8 @@ class Daemon:
             # Handlers never wait, so one worker task serves every request in turn (more
             # tasks would only add scheduling); request_loop spares it most scheduler passes.
             await pyfuse3.main(min_tasks=1, max_tasks=1)
+            # Blocked again before trio gives the signals their default action back.
+            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
             if self.watchdog is not None:
                 self.watchdog.stop()
             self._session_ended = True
