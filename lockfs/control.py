@@ -1,8 +1,10 @@
 """The control socket: a read-only window into a running daemon, outside the lock namespace.
 
 Each mount listens on ``/run/lockfs/<escaped mountpoint>.sock`` (directory mode 0700, socket
-0600: root only). A client sends one command line and reads one JSON document back; no
-command changes anything, so the socket cannot be used to disturb locks.
+0600: root only). A socket can only be bound by path, so the directory must be one only root
+can change (lockfs.rootfiles.private_dir): the daemon refuses to start otherwise. A client
+sends one command line and reads one JSON document back; no command changes anything, so the
+socket cannot be used to disturb locks.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import trio
 
+from . import rootfiles
 from .mounts import is_lockfs_mounted
 from .status import MountStatus
 
@@ -73,7 +76,7 @@ def _run_dir_locked(run_dir: str) -> Iterator[None]:
     """An exclusive flock on the socket directory. Daemons hold it while they publish their
     socket (bind and listen) and while anyone removes sockets, so a socket that is bound but
     not yet listening (it refuses connections like a stale one) is never taken for stale."""
-    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -128,7 +131,8 @@ async def serve_control(
     """Answer commands on ``path`` until cancelled.
 
     Started with ``nursery.start``: it reports started once the socket listens (or binding
-    failed, which is logged: the mount serves on without its control socket). First it
+    failed, which is logged: the mount serves on without its control socket; a directory that
+    is not root's alone is refused like that too, though the daemon checked it at start). It
     removes the sockets that killed daemons left in the directory (never a live one), and takes
     over ``path`` from an earlier daemon of the same mountpoint. On the way out the socket file
     is removed only if it is still this daemon's (a later mount at the same place may have
@@ -137,7 +141,7 @@ async def serve_control(
     run_dir = os.path.dirname(path)
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        os.close(rootfiles.private_dir(run_dir))  # created if missing, and root's alone
         with _run_dir_locked(run_dir):
             stale = _remove_stale(entry.path for entry in os.scandir(run_dir))
             with contextlib.suppress(FileNotFoundError):

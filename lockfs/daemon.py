@@ -18,7 +18,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from . import request_loop
+from . import request_loop, rootfiles
 from .commands import ControlCommands
 from .control import serve_control, socket_path
 from .fuse_ops import LockOperations
@@ -84,7 +84,12 @@ class Daemon:
         self.invalidator = EntryInvalidator()
 
     def mount(self) -> None:
-        """Mount the filesystem (requests wait in the kernel until :meth:`serve` runs)."""
+        """Mount the filesystem (requests wait in the kernel until :meth:`serve` runs).
+
+        Refused first, with the reason, when the control socket's directory is not root's
+        alone (lockfs.rootfiles.private_dir; created 0700 when missing).
+        """
+        os.close(rootfiles.private_dir(os.path.dirname(socket_path(self.mountpoint))))
         request_loop.install()
         pyfuse3.init(self.ops, self.mountpoint, self.options.fuse_options(self.fsname))
         self._mounted = True
