@@ -5,6 +5,11 @@ Each mount listens on ``/run/lockfs/<escaped mountpoint>.sock`` (directory mode 
 can change (lockfs.rootfiles.private_dir): the daemon refuses to start otherwise. A client
 sends one command line and reads one JSON document back; no command changes anything, so the
 socket cannot be used to disturb locks.
+
+A flood of connections never ends the daemon: it answers at most :data:`MAX_CONNECTIONS` at
+once (the rest wait in the kernel's backlog), and an ``accept`` that fails (EMFILE, ENFILE,
+ENOBUFS, ENOMEM or anything else) is logged once per run of failures and tried again after
+:data:`ACCEPT_BACKOFF` seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ log = logging.getLogger(__name__)
 
 RUN_DIR = "/run/lockfs"
 MAX_REQUEST = 4096
+#: Connections answered at once; more wait in the listen backlog until one is done.
+MAX_CONNECTIONS = 64
+#: Seconds to wait before accepting again after accept() failed.
+ACCEPT_BACKOFF = 0.1
 
 
 def escape_path(path: str) -> str:
@@ -162,10 +171,7 @@ async def serve_control(
         log.info("removed the stale control socket %s (its daemon is gone)", removed)
     task_status.started()
     try:
-        async with trio.open_nursery() as nursery:
-            while True:
-                conn, _ = await listener.accept()
-                nursery.start_soon(_answer, conn, handle)
+        await _accept_forever(listener, path, handle)
     finally:
         listener.close()
         with contextlib.suppress(OSError), _run_dir_locked(run_dir):
@@ -174,27 +180,59 @@ async def serve_control(
                 os.unlink(path)
 
 
-async def _answer(conn: trio.socket.SocketType, handle: Handler) -> None:
-    with conn:
-        try:
-            with trio.fail_after(5):
-                request = b""
-                while b"\n" not in request and len(request) < MAX_REQUEST:
-                    chunk = await conn.recv(MAX_REQUEST)
-                    if not chunk:
-                        break
-                    request += chunk
-            command = request.decode(errors="replace").strip()
+async def _accept_forever(listener: trio.socket.SocketType, path: str, handle: Handler) -> None:
+    """Answer each connection in a task of its own, at most MAX_CONNECTIONS at once; accept()
+    errors never end this (see the module docstring)."""
+    slots = trio.Semaphore(MAX_CONNECTIONS)
+    failing = False
+    async with trio.open_nursery() as nursery:
+        while True:
+            await slots.acquire()
             try:
-                reply = {"ok": True, "result": handle(command)}
-            except Exception as exc:  # a bad command must not hurt the daemon
-                reply = {"ok": False, "error": str(exc)}
-            payload = json.dumps(reply).encode() + b"\n"
-            while payload:
-                sent = await conn.send(payload)
-                payload = payload[sent:]
-        except (OSError, trio.TooSlowError) as exc:
-            log.debug("control connection failed: %s", exc)
+                conn, _ = await listener.accept()
+            except OSError as exc:
+                slots.release()
+                if not failing:
+                    log.warning(
+                        "control socket %s: cannot accept connections: %s; trying again every %gs",
+                        path,
+                        exc.strerror or exc,
+                        ACCEPT_BACKOFF,
+                    )
+                    failing = True
+                await trio.sleep(ACCEPT_BACKOFF)
+                continue
+            if failing:
+                log.info("control socket %s: accepting connections again", path)
+                failing = False
+            nursery.start_soon(_answer, conn, handle, slots)
+
+
+async def _answer(conn: trio.socket.SocketType, handle: Handler, slots: trio.Semaphore) -> None:
+    """Answer one connection (at most 5 s for its request), then free its slot."""
+    try:
+        with conn:
+            try:
+                with trio.fail_after(5):
+                    request = b""
+                    while b"\n" not in request and len(request) < MAX_REQUEST:
+                        chunk = await conn.recv(MAX_REQUEST)
+                        if not chunk:
+                            break
+                        request += chunk
+                command = request.decode(errors="replace").strip()
+                try:
+                    reply = {"ok": True, "result": handle(command)}
+                except Exception as exc:  # a bad command must not hurt the daemon
+                    reply = {"ok": False, "error": str(exc)}
+                payload = json.dumps(reply).encode() + b"\n"
+                while payload:
+                    sent = await conn.send(payload)
+                    payload = payload[sent:]
+            except (OSError, trio.TooSlowError) as exc:
+                log.debug("control connection failed: %s", exc)
+    finally:
+        slots.release()
 
 
 class ControlError(Exception):
@@ -228,8 +266,8 @@ def query(mountpoint: str, command: str, timeout: float = 10.0) -> Any:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             try:
-                sock.connect(path)
-            except TimeoutError:  # its backlog is full: the daemon accepts no connections
+                _connect(sock, path, deadline)
+            except TimeoutError:  # its backlog stayed full: the daemon accepts no connections
                 raise
             except OSError as exc:
                 raise DaemonUnreachable(_unreachable(mountpoint, resolved, path, exc)) from None
@@ -245,6 +283,22 @@ def query(mountpoint: str, command: str, timeout: float = 10.0) -> Any:
             f"the connection to the lockfs daemon of {mountpoint} failed: {exc.strerror}"
         ) from None
     return _result(mountpoint, data)
+
+
+def _connect(sock: socket.socket, path: str, deadline: float) -> None:
+    """Connect ``sock`` to ``path``, waiting while the daemon's listen backlog is full (a busy
+    or flooded daemon): with a timeout set, a UNIX socket's connect() then fails with EAGAIN
+    instead of waiting for room. TimeoutError once ``deadline`` passes."""
+    delay = 0.005
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() + delay > deadline:
+                raise TimeoutError from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 def _read_reply(sock: socket.socket, deadline: float) -> bytes:
