@@ -111,7 +111,7 @@ def test_metrics_file_is_written_periodically(make_mount: MakeMount, tmp_path: P
         10,
         "the metrics file to count the new directory",
     )
-    assert not list(tmp_path.glob("lockfs.prom.tmp*"))
+    assert not list(tmp_path.glob(".lockfs.prom.*"))  # no temporary file left
 
 
 def test_control_socket_is_root_only(mnt: Mount) -> None:
