@@ -22,8 +22,10 @@ import argparse
 import inspect
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .control import ControlError, NoProperAnswer, query, query_status
 from .locks import format_table as format_lock_table
@@ -54,12 +56,57 @@ def summary(command: Subcommand) -> str:
     return (command.__doc__ or "").strip().partition("\n")[0]
 
 
-def subcommand_parser(name: str, command: Subcommand) -> argparse.ArgumentParser:
+#: What argparse would take for a negative number rather than an option.
+_NUMBER = re.compile(r"-\d+(\.\d*)?|-\.\d+")
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser that names an unknown option before a missing argument.
+
+    argparse checks for missing arguments first, so a mistyped option alone (``lockfs status
+    --jsn``) would be reported as "the following arguments are required: mountpoint".
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: Every option string added, ``-h`` and ``--help`` included.
+        self.known_options: set[str] = set()
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.known_options.update(action.option_strings)
+        return action
+
+    def unknown_options(self, argv: Sequence[str]) -> list[str]:
+        """The arguments before ``--`` that look like options this parser does not have (a
+        long option may be abbreviated, as argparse allows; short ones may be clustered)."""
+        unknown = []
+        for arg in argv:
+            if arg == "--":
+                break
+            if not arg.startswith("-") or arg == "-" or _NUMBER.fullmatch(arg):
+                continue
+            name = arg.partition("=")[0] if arg.startswith("--") else arg[:2]
+            if name in self.known_options or (
+                arg.startswith("--") and any(o.startswith(name) for o in self.known_options)
+            ):
+                continue
+            unknown.append(arg)
+        return unknown
+
+    def parse(self, argv: Sequence[str]) -> argparse.Namespace:
+        """``parse_args``, but unknown options are the error even where an argument is missing
+        too (usage error, exit status 2)."""
+        unknown = self.unknown_options(argv)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return self.parse_args(argv)
+
+
+def subcommand_parser(name: str, command: Subcommand) -> CommandParser:
     """The argument parser of ``lockfs NAME``, described by ``command``'s docstring (plain
     text: it is shown as is by ``--help``)."""
-    return argparse.ArgumentParser(
-        prog=f"lockfs {name}", description=inspect.cleandoc(command.__doc__ or "")
-    )
+    return CommandParser(prog=f"lockfs {name}", description=inspect.cleandoc(command.__doc__ or ""))
 
 
 def _add_timeout(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +161,7 @@ def status_main(argv: Sequence[str]) -> int:
     parser.add_argument("mountpoint")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     _add_timeout(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     status = query_status(args.mountpoint, args.timeout)
     if args.json:
         print(json.dumps(status.to_json(), indent=2, sort_keys=True))
@@ -135,7 +182,7 @@ def locks_main(argv: Sequence[str]) -> int:
     parser.add_argument("prefix", nargs="?", default="", help="only paths starting with this")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     _add_timeout(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     dev = _device(args.mountpoint)
     locks = read_proc_locks(dev)
     inos = " ".join(str(ino) for ino in sorted({lock.ino for lock in locks}))
@@ -161,7 +208,7 @@ def metrics_main(argv: Sequence[str]) -> int:
     parser = subcommand_parser("metrics", metrics_main)
     parser.add_argument("mountpoint")
     _add_timeout(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     status = query_status(args.mountpoint, args.timeout)
     sys.stdout.write(prometheus_text(status, read_proc_locks(_device(args.mountpoint))))
     return 0

@@ -30,6 +30,7 @@ from support import (
     errno_of,
     lockfs_command,
     release,
+    run_lockfs,
     wait_for,
 )
 
@@ -223,6 +224,40 @@ def test_failures(
 def test_usage_error(daemons: Daemons) -> None:
     result = daemons.lockfs()
     assert result.returncode == 2 and "usage: lockfs" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus"], "lockfs: error: unrecognized option '--bogus'"),
+        (["-f", "--bogus"], "lockfs: error: unrecognized option '--bogus'"),
+        (["mount", "--bogus"], "lockfs mount: error: unrecognized arguments: --bogus"),
+        (["status", "--jsn"], "lockfs status: error: unrecognized arguments: --jsn"),
+        (["locks", "-x", "--bogus"], "lockfs locks: error: unrecognized arguments: -x --bogus"),
+        (["metrics", "--timeout=1", "-j"], "lockfs metrics: error: unrecognized arguments: -j"),
+    ],
+    ids=["alone", "with-f", "mount", "status", "locks", "metrics"],
+)
+def test_an_unknown_option_is_named_before_a_missing_argument(
+    args: list[str], message: str
+) -> None:
+    """argparse would report the missing MOUNTPOINT first; the typo is the real mistake."""
+    result = run_lockfs(*args, timeout=20)
+    assert result.returncode == 2, result.stderr
+    assert any(line.startswith(message) for line in result.stderr.splitlines()), result.stderr
+    assert "required" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["-f"], ["mount", "--fore"], ["status", "--json"], ["locks", "--json", "--"]],
+    ids=["f", "abbreviated", "status", "dashes"],
+)
+def test_known_options_without_a_mountpoint_say_it_is_required(args: list[str]) -> None:
+    result = run_lockfs(*args, timeout=20)
+    assert result.returncode == 2, result.stderr
+    assert "error: the following arguments are required: mountpoint" in result.stderr
+    assert "unrecognized" not in result.stderr
 
 
 def test_no_dev_fuse(daemons: Daemons) -> None:
