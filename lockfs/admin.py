@@ -31,7 +31,7 @@ from .control import ControlError, NoProperAnswer, query, query_status
 from .locks import format_table as format_lock_table
 from .locks import lock_rows, ofd_holders, read_proc_locks
 from .metrics import prometheus_text
-from .mounts import FSTYPE, entries_at
+from .mounts import FSTYPE, entries_at, mount_holding, resolve
 from .status import format_text
 from .switchover import main as switchover_main
 
@@ -142,6 +142,21 @@ def run_subcommand(command: Subcommand, argv: Sequence[str]) -> int:
         return fail(f"internal error: {type(exc).__name__}: {exc} (please report this)")
 
 
+def _check_not_inside(mountpoint: str, command: str, prefix: str = "") -> None:
+    """Refuse a directory inside a lockfs mount, naming the mount and the command to run: a
+    daemon answers only for its mountpoint (and ``lockfs locks`` takes a path prefix)."""
+    path = resolve(mountpoint)
+    holding = mount_holding(path)
+    if holding is None or holding.fstype != FSTYPE or holding.mountpoint == path:
+        return
+    instead = f"lockfs {command} {holding.mountpoint}"
+    if command == "locks":
+        instead += " " + os.path.join(os.path.relpath(path, holding.mountpoint), prefix)
+    raise ControlError(
+        f"{path} is inside the lockfs mount at {holding.mountpoint}: run `{instead.rstrip('/')}`"
+    )
+
+
 def _device(mountpoint: str) -> int:
     """The device number of the lockfs mounted at ``mountpoint``, from the mount table (a stat
     of the mount would wait for a stuck daemon, or fail with ENOTCONN on a dead one)."""
@@ -162,6 +177,7 @@ def status_main(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     _add_timeout(parser)
     args = parser.parse(argv)
+    _check_not_inside(args.mountpoint, "status")
     status = query_status(args.mountpoint, args.timeout)
     if args.json:
         print(json.dumps(status.to_json(), indent=2, sort_keys=True))
@@ -183,6 +199,7 @@ def locks_main(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     _add_timeout(parser)
     args = parser.parse(argv)
+    _check_not_inside(args.mountpoint, "locks", args.prefix.strip("/"))
     dev = _device(args.mountpoint)
     locks = read_proc_locks(dev)
     inos = " ".join(str(ino) for ino in sorted({lock.ino for lock in locks}))
@@ -209,6 +226,7 @@ def metrics_main(argv: Sequence[str]) -> int:
     parser.add_argument("mountpoint")
     _add_timeout(parser)
     args = parser.parse(argv)
+    _check_not_inside(args.mountpoint, "metrics")
     status = query_status(args.mountpoint, args.timeout)
     sys.stdout.write(prometheus_text(status, read_proc_locks(_device(args.mountpoint))))
     return 0

@@ -83,6 +83,17 @@ def entries_at(path: str | os.PathLike[str], *, resolve_path: bool = True) -> li
     return [entry for entry in mount_table() if entry.mountpoint == target]
 
 
+def mount_holding(path: str) -> MountEntry | None:
+    """The mount that ``path`` (absolute, resolved) lies in: of the mounts at ``path`` or at a
+    directory above it, the one mounted last (it covers the others, or lies inside them)."""
+    holding = None
+    for entry in mount_table():
+        top = entry.mountpoint.rstrip("/") + "/"
+        if path == entry.mountpoint or path.startswith(top):
+            holding = entry
+    return holding
+
+
 def mounts_at(path: str | os.PathLike[str], *, resolve_path: bool = True) -> list[str]:
     """Filesystem types mounted exactly at ``path``, oldest first.
 

@@ -184,3 +184,19 @@ def test_a_dead_mount_and_a_plain_directory(daemons: Daemons, tmp_path: Path) ->
     for command in COMMANDS:
         result = run_lockfs(command, tmp_path, "--timeout", TIMEOUT)
         assert_clean_failure(result, 1, f"{tmp_path} is not a lockfs mount")
+
+
+def test_a_directory_inside_a_mount_names_the_mount(mnt: Mount) -> None:
+    """An administrator who points a command at a directory of the lock tree is told which
+    mount it belongs to and what to run instead, not that it "is not a lockfs mount"."""
+    (mnt / "store1/ns").mkdir(parents=True)
+    inside = mnt / "store1/ns"
+    for command, instead in (
+        ("status", f"lockfs status {mnt.path}"),
+        ("metrics", f"lockfs metrics {mnt.path}"),
+        ("locks", f"lockfs locks {mnt.path} store1/ns"),
+    ):
+        result = run_lockfs(command, inside, "--timeout", TIMEOUT)
+        assert_clean_failure(
+            result, 1, f"{inside} is inside the lockfs mount at {mnt.path}: run `{instead}`"
+        )
