@@ -19,6 +19,7 @@ the arguments after the name); every command runs inside one error boundary,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import os
@@ -166,6 +167,16 @@ def _device(mountpoint: str) -> int:
     return entries[-1].dev
 
 
+def describe_log(log: str) -> str:
+    """The status's ``log`` (where the daemon's next line goes) as ``lockfs status`` shows it:
+    a log file appears with its first line, so one that is not there yet is said to be empty
+    rather than named as if it could be read."""
+    path, space, rest = log.partition(" ")  # log files are named without spaces
+    if path.startswith("/") and not os.path.exists(path):
+        return f"{path} (nothing logged yet){space}{rest}"
+    return log
+
+
 def status_main(argv: Sequence[str]) -> int:
     """Show the counters of the daemon serving MOUNTPOINT.
 
@@ -182,7 +193,7 @@ def status_main(argv: Sequence[str]) -> int:
     if args.json:
         print(json.dumps(status.to_json(), indent=2, sort_keys=True))
     else:
-        print(format_text(status))
+        print(format_text(dataclasses.replace(status, log=describe_log(status.log))))
     return 0
 
 
