@@ -269,7 +269,7 @@ def _run(
             os.write(ready_fd, b"ready\n")
             hooks.at_startup_step("when-ready")
             os.close(ready_fd)
-            _detach_stdio(mountpoint, hooks)
+            _detach_stdio(mountpoint, hooks, debug=options.debug)
 
     try:
         daemon.serve(on_ready=ready)
@@ -279,10 +279,9 @@ def _run(
     return 0
 
 
-def _detach_stdio(mountpoint: str, hooks: TestHooks) -> None:
-    """Once ready, the daemon logs to syslog (or where lockfs.logs falls back to) and lets go
-    of the caller's terminal/pipes."""
-    debug = logging.getLogger().level == logging.DEBUG
+def _detach_stdio(mountpoint: str, hooks: TestHooks, *, debug: bool) -> None:
+    """Once ready, the daemon logs to syslog (or where lockfs.logs falls back to), tracing
+    every request if ``debug``, and lets go of the caller's terminal/pipes."""
     logs.detached(debug, mountpoint, **hooks.log_sockets())
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):

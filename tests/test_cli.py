@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import pwd
 import shlex
@@ -34,9 +35,11 @@ from support import (
     wait_for,
 )
 
+from lockfs import cli
 from lockfs.cli import COMMANDS
 from lockfs.control import query_status, socket_path
 from lockfs.mounts import FSTYPE, entries_at, is_lockfs_mounted, mount_table
+from lockfs.testing_hooks import NO_HOOKS
 
 
 def mount_ids(path: Path) -> list[int]:
@@ -499,3 +502,19 @@ def test_fixture_teardown_removes_the_socket_of_a_killed_daemon(
     assert is_refused(sock)
     mnt.stop()
     assert not os.path.exists(sock) and not is_lockfs_mounted(mnt.path)
+
+
+def test_a_detaching_daemon_logs_at_the_level_its_options_say(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once ready, the daemon's logging follows its parsed ``debug`` option, whatever level
+    the root logger happens to be at."""
+    chosen: list[bool] = []
+    monkeypatch.setattr(cli.logs, "detached", lambda debug, *args, **kw: chosen.append(debug))
+    monkeypatch.setattr(cli.os, "dup2", lambda *args: None)  # keep pytest's stdio
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", logging.DEBUG)
+    cli._detach_stdio("/mnt", NO_HOOKS, debug=False)
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    cli._detach_stdio("/mnt", NO_HOOKS, debug=True)
+    assert chosen == [False, True]
