@@ -256,13 +256,11 @@ def _fuse_device_problem(exc: OSError) -> str:
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-MNT_DETACH = 2
 
 
-def umount(path: str, *, lazy: bool = False) -> None:
-    """umount2(2); a busy mount raises ``OSError(EBUSY)`` unless ``lazy``."""
-    flags = MNT_DETACH if lazy else 0
-    if _libc.umount2(os.fsencode(path), flags) != 0:
+def umount(path: str) -> None:
+    """umount2(2), never lazily: a busy mount raises ``OSError(EBUSY)``."""
+    if _libc.umount2(os.fsencode(path), 0) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"umount {path}: {os.strerror(code)}")
 

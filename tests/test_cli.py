@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import pwd
 import shlex
@@ -31,15 +30,12 @@ from support import (
     errno_of,
     lockfs_command,
     release,
-    run_lockfs,
     wait_for,
 )
 
-from lockfs import cli
 from lockfs.cli import COMMANDS
 from lockfs.control import query_status, socket_path
 from lockfs.mounts import FSTYPE, entries_at, is_lockfs_mounted, mount_table
-from lockfs.testing_hooks import NO_HOOKS
 
 
 def mount_ids(path: Path) -> list[int]:
@@ -227,40 +223,6 @@ def test_failures(
 def test_usage_error(daemons: Daemons) -> None:
     result = daemons.lockfs()
     assert result.returncode == 2 and "usage: lockfs" in result.stderr
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--bogus"], "lockfs: error: unrecognized option '--bogus'"),
-        (["-f", "--bogus"], "lockfs: error: unrecognized option '--bogus'"),
-        (["mount", "--bogus"], "lockfs mount: error: unrecognized arguments: --bogus"),
-        (["status", "--jsn"], "lockfs status: error: unrecognized arguments: --jsn"),
-        (["locks", "-x", "--bogus"], "lockfs locks: error: unrecognized arguments: -x --bogus"),
-        (["metrics", "--timeout=1", "-j"], "lockfs metrics: error: unrecognized arguments: -j"),
-    ],
-    ids=["alone", "with-f", "mount", "status", "locks", "metrics"],
-)
-def test_an_unknown_option_is_named_before_a_missing_argument(
-    args: list[str], message: str
-) -> None:
-    """argparse would report the missing MOUNTPOINT first; the typo is the real mistake."""
-    result = run_lockfs(*args, timeout=20)
-    assert result.returncode == 2, result.stderr
-    assert any(line.startswith(message) for line in result.stderr.splitlines()), result.stderr
-    assert "required" not in result.stderr and result.stdout == ""
-
-
-@pytest.mark.parametrize(
-    "args",
-    [["-f"], ["mount", "--fore"], ["status", "--json"], ["locks", "--json", "--"]],
-    ids=["f", "abbreviated", "status", "dashes"],
-)
-def test_known_options_without_a_mountpoint_say_it_is_required(args: list[str]) -> None:
-    result = run_lockfs(*args, timeout=20)
-    assert result.returncode == 2, result.stderr
-    assert "error: the following arguments are required: mountpoint" in result.stderr
-    assert "unrecognized" not in result.stderr
 
 
 def test_no_dev_fuse(daemons: Daemons) -> None:
@@ -502,19 +464,3 @@ def test_fixture_teardown_removes_the_socket_of_a_killed_daemon(
     assert is_refused(sock)
     mnt.stop()
     assert not os.path.exists(sock) and not is_lockfs_mounted(mnt.path)
-
-
-def test_a_detaching_daemon_logs_at_the_level_its_options_say(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Once ready, the daemon's logging follows its parsed ``debug`` option, whatever level
-    the root logger happens to be at."""
-    chosen: list[bool] = []
-    monkeypatch.setattr(cli.logs, "detached", lambda debug, *args, **kw: chosen.append(debug))
-    monkeypatch.setattr(cli.os, "dup2", lambda *args: None)  # keep pytest's stdio
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "level", logging.DEBUG)
-    cli._detach_stdio("/mnt", NO_HOOKS, debug=False)
-    monkeypatch.setattr(root, "level", logging.WARNING)
-    cli._detach_stdio("/mnt", NO_HOOKS, debug=True)
-    assert chosen == [False, True]
