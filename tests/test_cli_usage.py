@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
-from support import run_lockfs
+from support import REPO, run_lockfs
 
 from lockfs import cli
 from lockfs.testing_hooks import NO_HOOKS
@@ -59,3 +60,26 @@ def test_a_detaching_daemon_logs_at_the_level_its_options_say(
     monkeypatch.setattr(root, "level", logging.WARNING)
     cli._detach_stdio("/mnt", NO_HOOKS, debug=True)
     assert chosen == [False, True]
+
+
+def readme_usage() -> list[str]:
+    """The command lines of the README's Usage block."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Usage\n", 1)[1].split("```\n", 2)[1]
+    return [line for line in block.splitlines() if line.startswith("lockfs ")]
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_the_readme_usage_shows_every_option_of_every_command(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    usage = capsys.readouterr().out.split("\n\n", 1)[0]
+    options = set(re.findall(r"\[(--?[\w-]+)", usage)) - {"-h"}
+    assert options, usage
+    lines = [line for line in readme_usage() if line.startswith(f"lockfs {command} ")]
+    assert len(lines) == 1, (command, readme_usage())
+    shown = set(re.findall(r"\[(--?[\w-]+)", lines[0]))
+    assert shown == options, (lines[0], usage)
