@@ -9,8 +9,9 @@ the arguments after the name); every command runs inside one error boundary,
 
 * 0: done;
 * 1: failed, with ``lockfs: REASON`` on stderr: no lockfs daemon answers at the mountpoint
-  (not a lockfs mount, its daemon is gone, or not root), the daemon refused the command, or
-  the kernel's tables could not be read;
+  (not a lockfs mount, its daemon is gone, or not root), it is a directory inside a lockfs
+  mount (the message names the mount and the command to run), the daemon refused the
+  command, or the kernel's tables could not be read;
 * 2: usage error (unknown command or option, missing argument);
 * 3: the daemon was reached but gave no proper answer: it did not answer within the timeout,
   or its reply was empty, truncated or not JSON. It may be stuck; see docs/deploying.md.
