@@ -81,7 +81,7 @@ Handler = Callable[[str], Any]
 
 
 @contextlib.contextmanager
-def _run_dir_locked(run_dir: str) -> Iterator[None]:
+def run_dir_locked(run_dir: str) -> Iterator[None]:
     """An exclusive flock on the socket directory. Daemons hold it while they publish their
     socket (bind and listen) and while anyone removes sockets, so a socket that is bound but
     not yet listening (it refuses connections like a stale one) is never taken for stale."""
@@ -111,7 +111,9 @@ def _is_stale(path: str) -> bool:
     return False
 
 
-def _remove_stale(paths: Iterable[str]) -> list[str]:
+def remove_stale(paths: Iterable[str]) -> list[str]:
+    """Remove the sockets among ``paths`` whose daemon is gone (call it under
+    :func:`run_dir_locked`); a live daemon's socket is never removed. Returns what was."""
     removed = []
     for path in paths:
         if _is_stale(path):
@@ -119,19 +121,6 @@ def _remove_stale(paths: Iterable[str]) -> list[str]:
                 os.unlink(path)
             removed.append(path)
     return removed
-
-
-def remove_stale_sockets(paths: Iterable[str] | None = None, run_dir: str = RUN_DIR) -> list[str]:
-    """Remove the control sockets whose daemon is gone: all in ``run_dir``, or only ``paths``
-    (which must be in it). A live daemon's socket is never removed. Returns what was removed.
-    """
-    try:
-        with _run_dir_locked(run_dir):
-            if paths is None:
-                paths = [entry.path for entry in os.scandir(run_dir)]
-            return _remove_stale(paths)
-    except FileNotFoundError:  # no socket directory: no sockets
-        return []
 
 
 async def serve_control(
@@ -151,8 +140,8 @@ async def serve_control(
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         os.close(rootfiles.private_dir(run_dir))  # created if missing, and root's alone
-        with _run_dir_locked(run_dir):
-            stale = _remove_stale(entry.path for entry in os.scandir(run_dir))
+        with run_dir_locked(run_dir):
+            stale = remove_stale(entry.path for entry in os.scandir(run_dir))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             old_umask = os.umask(0o177)
@@ -174,7 +163,7 @@ async def serve_control(
         await _accept_forever(listener, path, handle)
     finally:
         listener.close()
-        with contextlib.suppress(OSError), _run_dir_locked(run_dir):
+        with contextlib.suppress(OSError), run_dir_locked(run_dir):
             current = os.stat(path)
             if (current.st_dev, current.st_ino) == (bound.st_dev, bound.st_ino):
                 os.unlink(path)

@@ -130,11 +130,13 @@ def lock_rows(
     nodes: Mapping[int, Mapping[str, Any]],
     ofd_pids: Mapping[int, list[int]] | None = None,
 ) -> list[LockRow]:
-    """Join kernel locks with the daemon's node info (``{ino: {path, linked, open_for}}``).
+    """Join kernel locks with the daemon's node info (``{ino: {path, linked, open_for}}``),
+    sorted for people to read.
 
     A held lock's ``waiters`` counts the ``->`` lines that follow it; each of those appears as a
     row of its own in state ``waiting``. ``held_for`` is the time since the file was first
     opened (the kernel does not record when a lock was taken; PBS locks right after opening).
+    An unlinked file's path is the one it had when it was unlinked.
     """
     rows: list[LockRow] = []
     holder: LockRow | None = None
@@ -161,7 +163,16 @@ def lock_rows(
         else:
             holder = row
         rows.append(row)
-    return rows
+
+    def order(row: LockRow) -> tuple[bool, str, bool, int, str, bool, int]:
+        """By path, inodes the daemon does not know last; on one file by kind, and of a kind
+        its holders before its waiters, each by pid. A file unlinked while held comes after
+        the live file of the same name; rows of one path on different inodes never mix."""
+        pid = -1 if row.pid is None else row.pid
+        waiting = row.state == "waiting"
+        return (row.ino not in nodes, row.path, row.unlinked, row.ino, row.kind, waiting, pid)
+
+    return sorted(rows, key=order)
 
 
 def format_table(rows: list[LockRow]) -> str:

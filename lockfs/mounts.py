@@ -83,6 +83,17 @@ def entries_at(path: str | os.PathLike[str], *, resolve_path: bool = True) -> li
     return [entry for entry in mount_table() if entry.mountpoint == target]
 
 
+def mount_holding(path: str) -> MountEntry | None:
+    """The mount that ``path`` (absolute, resolved) lies in: of the mounts at ``path`` or at a
+    directory above it, the one mounted last (it covers the others, or lies inside them)."""
+    holding = None
+    for entry in mount_table():
+        top = entry.mountpoint.rstrip("/") + "/"
+        if path == entry.mountpoint or path.startswith(top):
+            holding = entry
+    return holding
+
+
 def mounts_at(path: str | os.PathLike[str], *, resolve_path: bool = True) -> list[str]:
     """Filesystem types mounted exactly at ``path``, oldest first.
 
@@ -245,13 +256,11 @@ def _fuse_device_problem(exc: OSError) -> str:
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-MNT_DETACH = 2
 
 
-def umount(path: str, *, lazy: bool = False) -> None:
-    """umount2(2); a busy mount raises ``OSError(EBUSY)`` unless ``lazy``."""
-    flags = MNT_DETACH if lazy else 0
-    if _libc.umount2(os.fsencode(path), flags) != 0:
+def umount(path: str) -> None:
+    """umount2(2), never lazily: a busy mount raises ``OSError(EBUSY)``."""
+    if _libc.umount2(os.fsencode(path), 0) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"umount {path}: {os.strerror(code)}")
 

@@ -59,7 +59,7 @@ def test_locks_lists_holders_modes_kinds_and_waiters(mnt: Mount) -> None:
     assert {(r["mode"], r["state"]) for r in by_path["store/ns-lock"]} == {("shared", "held")}
     assert [(r["kind"], r["pid"]) for r in by_path["store/posix"]] == [("posix", posix.pid)]
     assert [(r["kind"], r["pid"]) for r in by_path["store/ofd"]] == [("ofd", ofd.pid)]
-    (unlinked,) = by_path["gone"]
+    (unlinked,) = by_path["store/gone"]  # the path it had when it was unlinked
     assert unlinked["unlinked"] and unlinked["pid"] == gone.pid
 
     assert {r["path"] for r in locks_json(mnt, "store/ns")} == {"store/ns-lock"}
@@ -67,7 +67,7 @@ def test_locks_lists_holders_modes_kinds_and_waiters(mnt: Mount) -> None:
     assert table.returncode == 0
     header, *lines = table.stdout.splitlines()
     assert header.split() == ["PATH", "KIND", "MODE", "STATE", "PID", "COMMAND", "WAITERS", "HELD"]
-    assert any("gone (unlinked)" in line for line in lines)
+    assert any("store/gone (unlinked)" in line for line in lines)
     assert len(lines) == len(rows), (table.stdout, rows)
 
     for proc in (exclusive, *shared, posix, ofd, gone):
