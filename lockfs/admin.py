@@ -30,8 +30,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .control import ControlError, NoProperAnswer, query, query_status
+from .linux import ofd_holders, read_proc_locks
 from .locks import format_table as format_lock_table
-from .locks import lock_rows, ofd_holders, read_proc_locks
+from .locks import lock_rows
 from .metrics import prometheus_text
 from .mounts import FSTYPE, entries_at, mount_holding, resolve
 from .status import format_text

@@ -29,8 +29,6 @@ mode; copy the data files in; remove the old tree.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import errno
 import inspect
 import os
@@ -42,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .control import escape_path
-from .locks import read_proc_locks
+from .linux import RENAME_NOREPLACE, command_of, processes_using, read_proc_locks, renameat2
 from .mounts import FSTYPE, entries_at, mount_table, resolve, umount
 from .options import MountOptions, OptionError, parse_options
 
@@ -127,45 +125,12 @@ def users_of(tree: Tree) -> list[str]:
         if lock.ino in paths:
             state = "awaits" if lock.waiting else "holds"
             mode = "an exclusive" if lock.exclusive else "a shared"
-            who = f"pid {lock.pid} ({_command(lock.pid)})" if lock.pid else "an open file"
+            who = f"pid {lock.pid} ({command_of(lock.pid)})" if lock.pid else "an open file"
             found.append(f"{who} {state} {mode} {lock.kind} lock on {paths[lock.ino]}")
-    me = os.getpid()
-    for pid in (int(name) for name in os.listdir("/proc") if name.isdigit()):
-        if pid == me:
-            continue
-        for link in _process_links(pid):
-            try:
-                st = os.stat(link)
-            except OSError:
-                continue
-            if st.st_dev == dev and st.st_ino in paths:
-                what = "works in" if link.endswith(("/cwd", "/root")) else "has open"
-                found.append(f"pid {pid} ({_command(pid)}) {what} {_readlink(link)}")
+    for use in processes_using(dev, paths, skip=[os.getpid()]):
+        what = "has open" if use.how == "fd" else "works in"
+        found.append(f"pid {use.pid} ({command_of(use.pid)}) {what} {use.target}")
     return found
-
-
-def _process_links(pid: int) -> list[str]:
-    base = f"/proc/{pid}"
-    try:
-        fds = [f"{base}/fd/{fd}" for fd in os.listdir(f"{base}/fd")]
-    except OSError:
-        return []
-    return [f"{base}/cwd", f"{base}/root", *fds]
-
-
-def _readlink(link: str) -> str:
-    try:
-        return os.readlink(link)
-    except OSError:
-        return link
-
-
-def _command(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip()
-    except OSError:
-        return "?"
 
 
 def _mount_containing(path: str) -> str:
@@ -179,17 +144,10 @@ def _mount_containing(path: str) -> str:
     return fstype
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-
-
 def rename_noreplace(old: str, new: str) -> None:
     """renameat2(RENAME_NOREPLACE): never replaces an existing ``new`` (os.rename would
     replace an empty directory)."""
-    if _libc.renameat2(_AT_FDCWD, os.fsencode(old), _AT_FDCWD, os.fsencode(new), _RENAME_NOREPLACE):
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), new)
+    renameat2(old, new, RENAME_NOREPLACE)
 
 
 def systemd_unit_for(path: str) -> str | None:

@@ -1,8 +1,9 @@
 """What the tests share, each written once (and tested in tests/test_support.py).
 
 Tests import these from ``support``; ``conftest`` only defines fixtures (built on them), and no
-test imports from it. PBS's lock sequence, ``renameat2`` and chunk lock paths are in the package
-(lockfs.pbs_lock), because lockfs-bench uses them on hosts without tests/.
+test imports from it. PBS's lock sequence and chunk lock paths (lockfs.pbs_lock) and
+``renameat2`` (lockfs.linux) are in the package, because lockfs-bench uses them on hosts
+without tests/.
 
 Waiting and errors (support.expect)
     :func:`wait_for` (on lockfs.harness.wait_until), :func:`errno_of`
