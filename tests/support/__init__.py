@@ -22,6 +22,9 @@ Mounts (support.mounts)
 The teardown check (support.daemon_check)
     :class:`Expectations` (from the ``injects_faults`` and ``kills_daemon`` markers),
     :func:`log_problems`, :func:`report`, :func:`fail_on`
+Plain lock directories as PBS leaves them (support.lock_dirs)
+    :func:`~support.lock_dirs.plain_lock_dir`, :func:`~support.lock_dirs.snapshot`,
+    :data:`~support.lock_dirs.JOURNAL`, :data:`~support.lock_dirs.BACKUP_ID`
 The test layers (support.layers)
     ``fuse`` and ``deploy`` markers: :func:`~support.layers.layer_markers`
 """
