@@ -234,6 +234,18 @@ def test_a_plain_directory_others_can_write_is_switched_over(site: Site) -> None
     site.as_backup(f"mv {site.locks} {site.pbs}/renamed && mv {site.pbs}/renamed {site.locks}")
 
 
+def test_check_only_tells(site: Site) -> None:
+    """``--check`` tells what would be carried over and changes nothing."""
+    before = snapshot(site.pbs)
+    result = site.run(site.locks, "--check")
+    assert result.returncode == 0, result.stderr
+    assert "would carry over: store1/move-journal; leave behind 3 empty lock files" in (
+        result.stdout
+    )
+    assert snapshot(site.pbs) == before
+    assert_nothing_mounted(site)
+
+
 def test_a_failure_after_the_move_puts_everything_back(site: Site) -> None:
     """The journal cannot be carried (max_depth=1 refuses its directory level): the new mount
     and its mountpoint go, and the old directory, with its inodes, is back."""
