@@ -5,7 +5,7 @@ What it keeps, whatever the tree's writers do meanwhile (rename, replace an entr
 a FIFO or another file):
 
 * Nothing outside the tree is ever opened, read, changed or removed. The tree is reached from
-  one opened root (:func:`open_directory` follows no symlink on the way there); every
+  one opened root (lockfs.rootfiles.open_dir follows no symlink on the way there); every
   directory below it is opened relative to its parent's descriptor with ``O_NOFOLLOW`` and
   must be the directory the scan saw (same device and inode); a file is opened with
   ``O_NOFOLLOW|O_NONBLOCK`` (a FIFO never blocks) and must be the regular file the scan saw.
@@ -91,54 +91,6 @@ def kind_of(mode: int) -> str:
         if test(mode):
             return name
     return "file of unknown type"
-
-
-def open_directory(path: str) -> int:
-    """Open the absolute, normalized ``path`` (a directory) component by component from ``/``
-    without following a symlink, and refuse (:class:`Changed`) a component that anyone but
-    root could rename or replace: the path then names the opened directory for as long as
-    root alone changes those directories."""
-    fd = os.open("/", DIR_FLAGS)
-    here = "/"
-    try:
-        for part in filter(None, path.split("/")):
-            there = os.path.join(here, part)
-            try:
-                child = os.open(part, DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                raise Changed(open_problem(fd, part, there, exc)) from None
-            try:
-                owner = _replaceable_by(os.fstat(fd), os.fstat(child))
-            except BaseException:
-                os.close(child)
-                raise
-            if owner is not None:
-                os.close(child)
-                raise Changed(
-                    f"{there} can be renamed or replaced by {owner} (through {here}): the "
-                    "directories that lead to the lock directory must be changeable by root "
-                    "alone"
-                )
-            os.close(fd)
-            fd, here = child, there
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _replaceable_by(parent: os.stat_result, child: os.stat_result) -> str | None:
-    """Who other than root may rename ``child`` in ``parent`` (None: nobody)."""
-    if parent.st_uid != 0:
-        return f"uid {parent.st_uid}, owner of the directory"
-    mode = parent.st_mode
-    writers = [f"gid {parent.st_gid}"] if mode & stat.S_IWGRP and parent.st_gid != 0 else []
-    writers += ["every user"] if mode & stat.S_IWOTH else []
-    if not writers:
-        return None
-    if mode & stat.S_ISVTX:  # sticky: only the entry's owner (or the directory's) may
-        return None if child.st_uid == 0 else f"uid {child.st_uid}, its owner"
-    return " and ".join(writers)
 
 
 def _kind_at(dir_fd: int, name: str) -> str:

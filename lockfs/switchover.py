@@ -58,7 +58,6 @@ from .dirfd_tree import (
     Changed,
     Tree,
     kind_of,
-    open_directory,
     remove_contents,
     same_file,
     scan,
@@ -67,6 +66,7 @@ from .linux import RENAME_NOREPLACE, command_of, processes_using, read_proc_lock
 from .mounts import FSTYPE, entries_at, mount_table
 from .new_mount import MountFailed, NewMount
 from .options import MountOptions, OptionError, parse_options
+from .rootfiles import UnsafePath, open_dir
 from .testing_hooks import NO_HOOKS, HookError, TestHooks, from_environment
 
 DEFAULT_DIR = "/run/proxmox-backup/locks"
@@ -191,9 +191,11 @@ def plan(path: str, extra_options: str = "") -> Plan | None:
         raise Refused(f"{path} is inside a lockfs mount")
     parent, name = os.path.split(path)
     try:
-        parent_fd = open_directory(parent)
-    except Changed as exc:
+        parent_fd = open_dir(parent, root_only=True)
+    except UnsafePath as exc:
         raise Refused(str(exc)) from None
+    except OSError as exc:
+        raise Refused(f"{exc.filename} cannot be opened: {exc.strerror}") from None
     root_fd = None
     try:
         try:

@@ -425,6 +425,18 @@ def test_a_symlink_for_the_directory_is_refused(site: Site) -> None:
     assert_nothing_mounted(site)
 
 
+def test_a_parent_others_could_replace_is_refused(site: Site) -> None:
+    """If backup owned a directory above the lock directory's parent (here the one holding
+    it, in sticky /tmp), it could swap the parent for a symlink after the checks: refused
+    before anything changes."""
+    before = snapshot(site.pbs)
+    os.chown(site.top, BACKUP_ID, BACKUP_ID)
+    result = site.run(site.locks)
+    assert_clean_refusal(result, f"{site.top} can be renamed or replaced by uid 34")
+    assert snapshot(site.pbs) == before
+    assert_nothing_mounted(site)
+
+
 def test_the_directory_swapped_for_a_symlink_after_the_check_is_not_followed(
     site: Site,
 ) -> None:
