@@ -29,8 +29,8 @@ AT_FDCWD = -100
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
-#: ``umount2`` flags (sys/mount.h).
-MNT_DETACH = 2
+#: ``umount2`` flag (sys/mount.h): do not follow a symlink at the path. (lockfs never unmounts
+#: lazily: MNT_DETACH is not here.)
 UMOUNT_NOFOLLOW = 8
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -72,7 +72,7 @@ def renameat2(
 
 
 def umount2(path: AnyPath, flags: int = 0) -> None:
-    """umount2(2): a busy mount raises ``OSError(EBUSY)`` unless ``flags`` has MNT_DETACH."""
+    """umount2(2): a busy mount raises ``OSError(EBUSY)``."""
     if libc.umount2(os.fsencode(path), flags) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"umount {os.fsdecode(path)}: {os.strerror(code)}")
