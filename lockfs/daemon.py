@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 from collections.abc import Callable
 
 import pyfuse3
 import trio
 
-from . import request_loop
+from . import request_loop, rootfiles
 from .commands import ControlCommands
 from .control import serve_control, socket_path
 from .fuse_ops import LockOperations
@@ -41,6 +42,17 @@ SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (*SHUTDOWN_SIGNALS, signal.SIGHUP)
 #: How long the daemon waits for the invalidation thread at exit (it is idle or nearly done).
 INVALIDATOR_STOP_TIMEOUT = 2.0
+
+
+def raise_open_file_limit() -> None:
+    """Raise the soft limit on open files to the hard one: control connections, log sockets
+    and the metrics file then never run out of descriptors before the system allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open file limit from %d to %d: %s", soft, hard, exc)
 
 
 class Daemon:
@@ -90,7 +102,13 @@ class Daemon:
 
     def mount(self) -> None:
         """Load the data kept from earlier mounts, then mount the filesystem (requests wait in
-        the kernel until :meth:`serve` runs)."""
+        the kernel until :meth:`serve` runs).
+
+        Refused first, with the reason, when the control socket's directory is not root's
+        alone (lockfs.rootfiles.private_dir; created 0700 when missing).
+        """
+        os.close(rootfiles.private_dir(os.path.dirname(socket_path(self.mountpoint))))
+        raise_open_file_limit()
         request_loop.install()
         if self.mirror is not None:
             self._restore(self.mirror)

@@ -54,7 +54,8 @@ class FsError(Exception):
 
 @dataclass(slots=True, eq=False)
 class Node:
-    """One inode. ``parent`` is ``None`` once the node has no name (unlinked, still referenced).
+    """One inode. ``parent`` is ``None`` once the node has no name (unlinked, still referenced);
+    ``name`` then holds the path it had when it was unlinked (``lockfs locks`` shows it).
 
     ``lookups`` mirrors the kernel's lookup count for this node id (LOOKUP, CREATE, MKDIR,
     MKNOD and readdirplus entries add one, FORGET subtracts); ``opens`` counts open handles.
@@ -95,7 +96,7 @@ class Node:
         return 2 + self.subdirs if self.children is not None else 1
 
     def path(self) -> bytes:
-        """The node's path relative to the mount root; just its last name once unlinked."""
+        """The node's path relative to the mount root; once unlinked, the path it had then."""
         parts: list[bytes] = []
         node: Node | None = self
         while node is not None and node.ino != ROOT_INO:
@@ -350,8 +351,11 @@ class NodeTable:
         )
 
     def _unlink_node(self, node: Node) -> None:
-        """Detach a name on a process's request; the node lives on while referenced."""
+        """Detach a name on a process's request; the node lives on while referenced, and
+        keeps its former path as its name."""
+        former_path = node.path()
         self._detach(node)
+        node.name = former_path
         node.ctime_ns = self._now_ns()
         self._remove_if_unreferenced(node)
 

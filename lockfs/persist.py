@@ -22,10 +22,10 @@ an internal fault).
 At mount, :meth:`DataMirror.restore` loads the mirror into the fresh table (lockfs.restore:
 through the table's own request methods; what it cannot take fails the mount with its name).
 
-The mirror is reached only through directory descriptors opened with ``O_NOFOLLOW``: every
-directory from ``/`` down must be a real directory owned by root and not writable by others
-(sticky ones such as /tmp excepted above ``data_dir``), and ``data_dir`` and the mount's
-directory must not be writable by group or others; missing ones are created with mode 0700.
+The mirror is reached only through directory descriptors opened with ``O_NOFOLLOW``: no
+directory on the way to ``data_dir`` may be one that anyone but root could rename or replace
+(lockfs.rootfiles.open_dir), ``data_dir`` and the mount's directory must be root's and not
+writable by group or others, and missing ones are created with mode 0700.
 The daemon holds an exclusive flock on its mount's directory while it serves. A daemon still
 holding it when a new mount at the path starts serves a mount no longer there (unmounted
 lazily, or kept by another mount namespace): the new daemon restores from it, then swaps in a
@@ -36,7 +36,6 @@ directory never stays down for it. No FUSE imports.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import hashlib
@@ -48,7 +47,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from . import rootfiles
 from .control import escape_path
+from .linux import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 from .nodes import ROOT_INO, FsError, Node, NodeTable
 from .restore import CHUNK, MirrorError, Restored, load, scan
 
@@ -65,16 +66,6 @@ FAILURE_LOG_INTERVAL = 60.0
 MAX_NAME = 255
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_RENAME_NOREPLACE = 1
-_RENAME_EXCHANGE = 2
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.renameat2.argtypes = [
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_uint,
-]
 
 
 class MirrorDiverged(RuntimeError):
@@ -107,12 +98,6 @@ def discard(data_dir: str, mountpoint: str) -> bool:
     return True
 
 
-def _renameat2(old_fd: int, old: bytes, new_fd: int, new: bytes, flags: int) -> None:
-    if _libc.renameat2(old_fd, old, new_fd, new, flags) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
 def _try_lock(fd: int) -> bool:
     """An exclusive flock on ``fd`` if nobody else holds one."""
     try:
@@ -133,35 +118,33 @@ def _check_private(fd: int, shown: str) -> None:
 
 
 def _open_private_dir(path: str) -> int:
-    """Open directory ``path`` component by component from ``/`` without following symlinks,
-    creating what is missing (mode 0700). Directories above it must be owned by root and not
-    writable by others unless sticky; ``path`` itself as :func:`_check_private` says."""
-    if not os.path.isabs(path):
-        raise MirrorError(f"data_dir={path}: must be an absolute path")
-    fd = os.open("/", _DIR_FLAGS)
-    shown = ""
+    """``path``, a directory that root alone can change, opened without following a symlink
+    and created (0700, with missing parents) when missing: every directory on the way must be
+    one that nobody but root can rename or replace (lockfs.rootfiles.open_dir), and ``path``
+    as :func:`_check_private` says. Raises :class:`MirrorError`."""
+    path = os.path.normpath(path)
     try:
-        for name in [part for part in path.split("/") if part]:
-            st = os.fstat(fd)
-            if st.st_uid != 0 or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
-                raise MirrorError(
-                    f"{shown or '/'} is not safe above data kept across restarts: it must be "
-                    "owned by root and not writable by others"
-                )
-            shown = f"{shown}/{name}"
+        try:
+            parent_fd = rootfiles.open_dir(os.path.dirname(path), root_only=True)
+        except FileNotFoundError:
+            os.close(_open_private_dir(os.path.dirname(path)))
+            parent_fd = rootfiles.open_dir(os.path.dirname(path), root_only=True)
+        try:
             with contextlib.suppress(FileExistsError):
-                os.mkdir(name, 0o700, dir_fd=fd)
-            try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                raise MirrorError(f"cannot open {shown}: {exc.strerror}") from None
-            os.close(fd)
-            fd = child
+                os.mkdir(os.path.basename(path), 0o700, dir_fd=parent_fd)
+        finally:
+            os.close(parent_fd)
+        fd = rootfiles.open_dir(path, root_only=True)
+    except rootfiles.UnsafePath as exc:
+        raise MirrorError(f"{exc}; data_dir must be such a directory") from None
+    except OSError as exc:
+        raise MirrorError(f"cannot open {exc.filename or path}: {exc.strerror}") from None
+    try:
         _check_private(fd, path)
-        return fd
     except BaseException:
         os.close(fd)
         raise
+    return fd
 
 
 def _fail(exc: OSError) -> FsError:
@@ -365,8 +348,8 @@ class DataMirror:
                 with self._change(node) as (chain, undo):
                     assert chain is not None
                     self._data_file(chain, node, undo)
-            flags = _RENAME_EXCHANGE if exchange else _RENAME_NOREPLACE
-            _renameat2(self._base_fd, fresh.encode(), self._base_fd, self._name.encode(), flags)
+            flags = RENAME_EXCHANGE if exchange else RENAME_NOREPLACE
+            renameat2(fresh, self._name, flags, old_dir_fd=self._base_fd, new_dir_fd=self._base_fd)
         except BaseException:
             with contextlib.suppress(OSError):
                 shutil.rmtree(fresh, dir_fd=self._base_fd)
@@ -692,7 +675,9 @@ class DataMirror:
         try:
             if first is None or second is None:
                 raise OSError(errno.ENOENT, "a mirror directory is missing")
-            _renameat2(first.fd, old_name, second.fd, new_name, _RENAME_EXCHANGE)
+            renameat2(
+                old_name, new_name, RENAME_EXCHANGE, old_dir_fd=first.fd, new_dir_fd=second.fd
+            )
         finally:
             for chain in (first, second):
                 if chain is not None:

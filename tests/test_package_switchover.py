@@ -12,47 +12,16 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from debian_package import COMMAND, Deb
 from support import Daemons
+from support.lock_dirs import BACKUP_ID, JOURNAL, plain_lock_dir, snapshot
 
 from lockfs import switchover
 from lockfs.control import escape_path
 from lockfs.mounts import FSTYPE, entries_at
 from lockfs.switchover import ASIDE_SUFFIX
-
-BACKUP_ID = 34  # Debian's fixed uid/gid of `backup`
-JOURNAL = b"move 0123abcd store1 -> store2\nmove 4567ef01 store1 -> store2\n"
-
-
-def plain_lock_dir(parent: Path) -> Path:
-    """A lock directory as PBS leaves it: owned by backup, a move-journal holding lines, stale
-    (empty) lock files of chunks, groups and snapshots, and an empty directory."""
-    locks = parent / "locks"
-    (locks / "store1" / ".chunks" / "0123").mkdir(parents=True)
-    (locks / "store1" / "vm" / "100").mkdir(parents=True)
-    (locks / "empty-dir").mkdir()
-    (locks / "store1" / "move-journal").write_bytes(JOURNAL)
-    for stale in ("store1/.chunks/0123/0123abcd", "store1/vm/100.lck", "store1/vm/100/snap"):
-        (locks / stale).touch()
-    for path in [locks, *locks.rglob("*")]:
-        os.chown(path, BACKUP_ID, BACKUP_ID)
-    (locks / "store1" / "move-journal").chmod(0o640)
-    (locks / "store1").chmod(0o750)
-    return locks
-
-
-def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Every entry's inode, type, owner, mode, size and content: what "unchanged" means."""
-    entries = {}
-    for path in [root, *sorted(root.rglob("*"))]:
-        st = path.lstat()
-        content = path.read_bytes() if stat.S_ISREG(st.st_mode) else None
-        key = str(path.relative_to(root))
-        entries[key] = (st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size, content)
-    return entries
 
 
 def switch_over(
@@ -179,8 +148,10 @@ def test_users_are_found_by_inode_after_a_rename(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-c",
-                "import sys; from lockfs.switchover import scan, users_of; "
-                "print('\\n'.join(users_of(scan(sys.argv[1]))))",
+                "import os, sys; from lockfs.dirfd_tree import scan; "
+                "from lockfs.switchover import users_of; "
+                "root = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY); "
+                "print('\\n'.join(users_of(scan(root, sys.argv[1]))))",
                 str(tmp_path / "aside"),
             ],
             capture_output=True,

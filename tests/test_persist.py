@@ -385,8 +385,8 @@ def test_an_interrupted_takeover_leaves_nothing(table: NodeTable, data_dir: Path
     [
         ("owned by another user", "must be owned by root"),
         ("group-writable", "writable only by root"),
-        ("a symlink", "cannot open"),
-        ("below a world-writable directory", "not safe above data"),
+        ("a symlink", "is a symbolic link"),
+        ("below a world-writable directory", "can be renamed or replaced by every user"),
     ],
 )
 def test_an_unsafe_directory_is_refused(tmp_path: Path, attack: str, message: str) -> None:

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from support import Daemons, MakeMount, Mount, daemon_env, errno_of
 
+from lockfs.linux import RENAME_EXCHANGE, renameat2
 from lockfs.mounts import is_lockfs_mounted
 from lockfs.options import MountOptions
-from lockfs.pbs_lock import RENAME_EXCHANGE, renameat2
 from lockfs.persist import mirror_path
 
 #: PBS's only data file, and its owner (backup:backup).

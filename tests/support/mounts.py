@@ -16,15 +16,16 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 
-from lockfs import harness
-from lockfs.control import ControlError, query_status, remove_stale_sockets, socket_path
+from lockfs import control, harness
+from lockfs.control import ControlError, query_status, socket_path
 from lockfs.logs import log_path
-from lockfs.mounts import entries_at, is_lockfs_mounted, umount
+from lockfs.mounts import entries_at, is_lockfs_mounted
 from lockfs.options import MountOptions
 from lockfs.persist import mirror_path
 from lockfs.status import MountStatus
@@ -32,6 +33,9 @@ from lockfs.status import MountStatus
 from .daemon_check import Expectations, describe_exit, log_problems, report
 from .expect import wait_for
 from .processes import DAEMON_PYTHON, Processes, daemon_env, lockfs_command, run_lockfs
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MNT_DETACH = 2
 
 #: How long a stopping daemon may take to exit, and a plain umount to succeed.
 STOP_TIMEOUT = 10.0
@@ -60,6 +64,23 @@ def remove_mirror(path: str | os.PathLike[str], data_dir: str | None = None) -> 
     shutil.rmtree(mirror_path(data_dir, os.path.realpath(path)), ignore_errors=True)
 
 
+def umount_lazily(path: str) -> None:
+    """umount2(2) with MNT_DETACH: what lockfs itself never does (a lazily detached mount
+    lets a second lock file of the same name be created), and teardown's last resort."""
+    if _libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"umount -l {path}: {os.strerror(code)}")
+
+
+def remove_stale_sockets(paths: Iterable[str]) -> None:
+    """Remove the control sockets among ``paths`` that a killed daemon left, the way a new
+    daemon does (under the socket directory's lock, so a socket being published is never
+    taken for stale); a live daemon's socket is never removed."""
+    # No socket directory: no sockets.
+    with contextlib.suppress(FileNotFoundError), control.run_dir_locked(control.RUN_DIR):
+        control.remove_stale(paths)
+
+
 def unmount(path: str, notes: list[str]) -> bool:
     """Unmount the topmost mount at ``path``: plainly (lockfs.harness.unmount, retried while
     busy), and lazily only as a last resort, which is noted as a problem. False if it could not
@@ -71,7 +92,7 @@ def unmount(path: str, notes: list[str]) -> bool:
         if exc.errno != errno.EBUSY:
             notes.append(str(exc))
             return False
-    umount(path, lazy=True)
+    umount_lazily(path)
     notes.append(f"{path} was still busy: it needed umount -l (a lazy unmount)")
     return True
 
@@ -154,7 +175,7 @@ class Mount(Processes):
             self.proc.wait()
             with contextlib.suppress(OSError):
                 if is_lockfs_mounted(self.path, resolve_path=False):
-                    umount(str(self.path), lazy=True)
+                    umount_lazily(str(self.path))
         finally:
             # A daemon that was killed leaves its control socket behind.
             remove_stale_sockets([socket_path(str(self.path))])
@@ -276,7 +297,6 @@ class Mounts:
 # --- Daemonized mounts: `lockfs DIR` and `mount -t fuse.lockfs` --------------------------------
 
 PR_SET_CHILD_SUBREAPER = 36
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _set_subreaper(on: bool) -> None:
