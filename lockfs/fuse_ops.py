@@ -137,9 +137,9 @@ class LockOperations(pyfuse3.Operations):
         else:
             attr.entry_timeout = CACHE_TIMEOUT
             data = node.data
-            if data:
-                attr.st_size = len(data)
-                attr.st_blocks = (len(data) + 511) // 512
+            if data is not None:  # sparse: blocks count the bytes stored, not the size
+                attr.st_size = data.size
+                attr.st_blocks = (data.stored + 511) // 512
             if node.parent is None:
                 attr.st_nlink = 0
         attr.st_atime_ns = node.atime_ns

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, NoReturn
 
+from .filedata import FileData
+
 ROOT_INO = 1
 NAME_MAX = 255
 #: At most one "entry limit reached" log line per this many seconds.
@@ -72,7 +74,8 @@ class Node:
     name: bytes = b""
     children: dict[bytes, Node] | None = None
     subdirs: int = 0
-    data: bytearray | None = None
+    #: A regular file's bytes (sparse); ``None`` while the file is empty.
+    data: FileData | None = None
     lookups: int = 0
     opens: int = 0
     depth: int = 0
@@ -710,7 +713,7 @@ class NodeTable:
         if node.data is None:
             return b""
         node.atime_ns = self._now_ns()
-        return bytes(node.data[offset : offset + size])
+        return node.data.read(offset, size)
 
     def write(self, ino: int, offset: int, buf: bytes) -> int:
         node = self.get(ino)
@@ -718,12 +721,9 @@ class NodeTable:
             return 0
         if offset + len(buf) > self.limits.max_file_size:
             raise FsError(errno.EFBIG)
-        data = node.data
-        if data is None:
-            data = node.data = bytearray()
-        if offset > len(data):
-            data.extend(bytes(offset - len(data)))
-        data[offset : offset + len(buf)] = buf
+        if node.data is None:
+            node.data = FileData()
+        node.data.write(offset, buf)
         node.mtime_ns = node.ctime_ns = self._now_ns()
         self._touch(node)
         return len(buf)
@@ -740,12 +740,9 @@ class NodeTable:
         if size == 0:
             node.data = None
         else:
-            data = node.data if node.data is not None else bytearray()
-            if size < len(data):
-                del data[size:]
-            else:
-                data.extend(bytes(size - len(data)))
-            node.data = data
+            if node.data is None:
+                node.data = FileData()
+            node.data.truncate(size)
         node.mtime_ns = node.ctime_ns = self._now_ns()
         self._touch(node)
 

@@ -61,6 +61,19 @@ def test_file_with_data_and_unlinked(ops: LockOperations) -> None:
     assert ops.entry(node).st_nlink == 0
 
 
+def test_sparse_file_counts_stored_bytes(ops: LockOperations) -> None:
+    """A file grown by a write far out or a truncate reports its size, but blocks only for
+    the bytes it holds; a file truncated to a size without writing holds none."""
+    node = ops.table.create(ROOT_INO, b"sparse", 0o600, UID, GID)
+    ops.table.write(node.ino, (64 << 20) - 1, b"x")
+    attr = fields(ops.entry(node))
+    assert attr["st_size"] == 64 << 20 and attr["st_blocks"] == 8  # its 4 KiB block, zeros first
+    hole = ops.table.create(ROOT_INO, b"hole", 0o600, UID, GID)
+    ops.table.setattr(hole.ino, size=1 << 20)
+    attr = fields(ops.entry(hole))
+    assert (attr["st_size"], attr["st_blocks"]) == (1 << 20, 0)
+
+
 def test_directory(ops: LockOperations) -> None:
     d = ops.table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
     ops.table.mkdir(d.ino, b"sub", 0o755, UID, GID)
