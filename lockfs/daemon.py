@@ -14,11 +14,12 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from typing import Any, NoReturn
 
 import pyfuse3
 import trio
 
-from . import request_loop
+from . import logs, request_loop
 from .commands import ControlCommands
 from .control import serve_control, socket_path
 from .fuse_ops import LockOperations
@@ -29,7 +30,7 @@ from .nodes import Limits, NodeTable, ReclaimPolicy
 from .options import MountOptions
 from .reclaimer import reclaim_loop
 from .testing_hooks import NO_HOOKS, TestHooks
-from .watchdog import Watchdog
+from .watchdog import Watchdog, abort_connection, describe_request, fusectl_name
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (*SHUTDOWN_SIGNALS, signal.SIGHUP)
 #: How long the daemon waits for the invalidation thread at exit (it is idle or nearly done).
 INVALIDATOR_STOP_TIMEOUT = 2.0
+#: Exit status of a daemon that failed closed on an internal error (EX_SOFTWARE, like a hang).
+EXIT_FAULT = 70
 
 
 class Daemon:
@@ -63,6 +66,7 @@ class Daemon:
             limits=Limits(options.max_entries, options.max_file_size, options.max_depth),
         )
         self.ops = LockOperations(self.table, trace=options.debug)
+        self.ops.fail_closed = self._fail_closed
         self.ops.fault_hook = hooks.request_hook()
         self.watchdog: Watchdog | None = None
         if options.hang_timeout:
@@ -129,6 +133,29 @@ class Daemon:
             self._session_ended = True
             log.info("FUSE session ended")
             nursery.cancel_scope.cancel()
+
+    def _fail_closed(self, request: str, args: tuple[Any, ...], exc: Exception) -> NoReturn:
+        """A handler raised an unexpected exception: the change it was making may be half
+        done, and the kernel (which got no answer) has not applied it, so the table may
+        disagree with the kernel. Never serve it: one log line (the request, its arguments,
+        the exception and its traceback), abort the FUSE connection (every caller gets
+        ECONNABORTED, then ENOTCONN, as after a hang: lockfs.watchdog), exit EXIT_FAULT."""
+        log.critical(
+            "internal error in %s: %s: %s; failing closed: aborting the FUSE connection of %s "
+            "(callers get ENOTCONN) and exiting with status %d; remount it (stop the lock "
+            "holders, umount, mount again)",
+            describe_request(self.ops, request, args),
+            type(exc).__name__,
+            exc,
+            self.mountpoint,
+            EXIT_FAULT,
+            exc_info=exc,
+        )
+        logs.flush()
+        try:
+            abort_connection(fusectl_name(self._device()))
+        finally:  # the exit aborts the connection too, unless a thread is stuck in the kernel
+            os._exit(EXIT_FAULT)
 
     def _device(self) -> int:
         """The mount's device number, from the mount table (never by stat'ing the mount)."""

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from lockfs.testing_hooks import FAULT_NAME, NO_HOOKS, HookError, TestHooks, from_environment
+from lockfs.testing_hooks import (
+    ARM_NAME,
+    FAULT_NAME,
+    NO_HOOKS,
+    HookError,
+    LineFault,
+    TestHooks,
+    from_environment,
+)
 
 
 def test_no_variable_means_no_hooks() -> None:
@@ -23,6 +31,16 @@ def test_hooks_are_parsed() -> None:
         hook("lookup", (1, FAULT_NAME))
 
 
+def test_raise_at_is_parsed() -> None:
+    hooks = from_environment({"LOCKFS_TEST_HOOKS": "raise-at=rename:12"})
+    assert hooks == TestHooks(raise_at=("rename", 12))
+    hook = hooks.request_hook()
+    assert isinstance(hook, LineFault) and (hook.handler, hook.line) == ("rename", 12)
+    assert not hook.armed
+    hook("lookup", (1, ARM_NAME))
+    assert hook.armed
+
+
 def test_log_socket_hooks() -> None:
     hooks = from_environment({"LOCKFS_TEST_HOOKS": "syslog=/tmp/x/log,journal=/tmp/x/journal"})
     assert hooks.log_sockets() == {
@@ -33,7 +51,19 @@ def test_log_socket_hooks() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["fault", "startup=nonsense", "fault-entry=1", "startup", "syslog", "journal=rel"]
+    "value",
+    [
+        "fault",
+        "startup=nonsense",
+        "fault-entry=1",
+        "startup",
+        "syslog",
+        "journal=rel",
+        "raise-at=rename",
+        "raise-at=rename:0",
+        "raise-at=:3",
+        "raise-at=re-name:3",
+    ],
 )
 def test_unknown_hooks_are_refused(value: str) -> None:
     with pytest.raises(HookError, match="unknown test hook"):
