@@ -32,7 +32,7 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar, cast
 
 import pyfuse3
 
@@ -47,6 +47,7 @@ BLOCK_SIZE = 4096
 DIRENT_SIZE = 20
 
 R = TypeVar("R")
+P = ParamSpec("P")
 
 
 def _absent_entry() -> pyfuse3.EntryAttributes:
@@ -69,11 +70,20 @@ ABSENT = _absent_entry()
 FailClosed = Callable[[str, tuple[Any, ...], Exception], NoReturn]
 
 
-def _handler(fn: Callable[..., R]) -> Callable[..., Coroutine[Any, Any, R]]:
+def _handler(
+    fn: Callable[Concatenate[LockOperations, P], R],
+) -> Callable[Concatenate[LockOperations, P], Coroutine[Any, Any, R]]:
     """Make a request handler of ``fn``: count the request, turn table errors into FUSE errors
     and bugs into a closed mount (never an answer). ``fn`` itself is synchronous (no handler
-    ever waits), so a request costs one coroutine, this wrapper's, not two."""
+    ever waits), so a request costs one coroutine, this wrapper's, not two.
+
+    Typed so that the handler keeps ``fn``'s parameters and becomes a coroutine function of
+    ``fn``'s result: mypy then checks every handler against ``pyfuse3.Operations`` (pyfuse3
+    3.3 and later ship its types) as if it were written ``async def``. pyfuse3 passes the
+    arguments by position, so the wrapper takes ``*args`` only (no ``**kwargs`` dict to
+    build per request)."""
     name = fn.__name__
+    call = cast("Callable[..., R]", fn)  # called with the positional arguments it was given
 
     @functools.wraps(fn)
     async def wrapper(self: LockOperations, *args: Any) -> R:
@@ -85,7 +95,7 @@ def _handler(fn: Callable[..., R]) -> Callable[..., Coroutine[Any, Any, R]]:
         try:
             if self.fault_hook is not None:
                 self.fault_hook(name, args)
-            return fn(self, *args)
+            return call(self, *args)
         except FsError as exc:
             if self.trace:
                 log.debug("request %s%r -> %s", name, args, errno.errorcode.get(exc.errno))
@@ -100,7 +110,7 @@ def _handler(fn: Callable[..., R]) -> Callable[..., Coroutine[Any, Any, R]]:
         finally:
             self.serving_args = None
 
-    return wrapper
+    return cast("Callable[Concatenate[LockOperations, P], Coroutine[Any, Any, R]]", wrapper)
 
 
 class LockOperations(pyfuse3.Operations):

@@ -6,6 +6,7 @@ value; these tests pin every field, so a pyfuse3 with other defaults fails here.
 
 from __future__ import annotations
 
+import inspect
 import stat
 
 import pyfuse3
@@ -86,3 +87,20 @@ def test_directory(ops: LockOperations) -> None:
     assert (attr["st_blksize"], attr["st_rdev"], attr["generation"]) == (BLOCK_SIZE, 0, 0)
     ops.table.rmdir(d.ino, b"sub")
     assert ops.entry(d).st_nlink == 2
+
+
+def test_every_handler_takes_the_parameters_pyfuse3_declares() -> None:
+    """Each request handler (made by fuse_ops._handler) has the parameters, by name and
+    order, of the pyfuse3.Operations method it overrides: pyfuse3 passes them by position.
+    (mypy checks the types too: _handler keeps the handler's signature.)"""
+    handlers = {
+        name: fn
+        for name, fn in vars(LockOperations).items()
+        if hasattr(pyfuse3.Operations, name) and hasattr(fn, "__wrapped__")
+    }
+    assert len(handlers) >= 20
+    for name, fn in handlers.items():
+        ours = list(inspect.signature(fn).parameters)
+        theirs = list(inspect.signature(getattr(pyfuse3.Operations, name)).parameters)
+        assert ours == theirs, name
+        assert inspect.iscoroutinefunction(fn), name
