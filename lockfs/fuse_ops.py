@@ -78,8 +78,8 @@ def _handler(
     ever waits), so a request costs one coroutine, this wrapper's, not two.
 
     Typed so that the handler keeps ``fn``'s parameters and becomes a coroutine function of
-    ``fn``'s result: mypy then checks every handler against ``pyfuse3.Operations`` (pyfuse3
-    3.3 and later ship its types) as if it were written ``async def``. pyfuse3 passes the
+    ``fn``'s result: mypy then checks every handler against ``pyfuse3.Operations`` (the
+    pinned pyfuse3 ships its types) as if it were written ``async def``. pyfuse3 passes the
     arguments by position, so the wrapper takes ``*args`` only (no ``**kwargs`` dict to
     build per request)."""
     name = fn.__name__
