@@ -73,13 +73,17 @@ class EntryOrder:
             blocks[i : i + 1] = [block[:half], block[half:]]
 
     def remove(self, node: Node) -> None:
-        """Take ``node`` (present) out."""
+        """Take ``node`` (present) out. The oldest entry, the one reclaim usually takes, is
+        found without a bisection."""
         blocks = self._blocks
-        i = bisect_left(blocks, node.ino, key=_last_ino)
-        block = blocks[i] if i < len(blocks) else []
-        j = bisect_left(block, node.ino, key=_ino)
-        if j == len(block) or block[j] is not node:
-            raise ValueError(f"node {node.ino} is not in this order")
+        if blocks and blocks[0][0] is node:
+            i, block, j = 0, blocks[0], 0
+        else:
+            i = bisect_left(blocks, node.ino, key=_last_ino)
+            block = blocks[i] if i < len(blocks) else []
+            j = bisect_left(block, node.ino, key=_ino)
+            if j == len(block) or block[j] is not node:
+                raise ValueError(f"node {node.ino} is not in this order")
         del block[j]
         if len(block) >= LOAD // 4 or len(blocks) == 1:
             if not block:
