@@ -183,7 +183,7 @@ def status_main(argv: Sequence[str]) -> int:
     """Show the counters of the daemon serving MOUNTPOINT.
 
     Live entries, what was created and reclaimed since the mount, requests by type, faults
-    (handler errors answered with EIO), memory and the mount options in force.
+    (internal errors; each fails the mount closed), memory and the mount options in force.
     """
     parser = subcommand_parser("status", status_main)
     parser.add_argument("mountpoint")

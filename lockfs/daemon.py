@@ -15,11 +15,12 @@ import os
 import resource
 import signal
 from collections.abc import Callable
+from typing import Any, NoReturn
 
 import pyfuse3
 import trio
 
-from . import request_loop, rootfiles
+from . import logs, request_loop, rootfiles
 from .commands import ControlCommands
 from .control import serve_control, socket_path
 from .fuse_ops import LockOperations
@@ -31,7 +32,7 @@ from .options import MountOptions
 from .persist import DataMirror
 from .reclaimer import reclaim_loop
 from .testing_hooks import NO_HOOKS, TestHooks
-from .watchdog import Watchdog
+from .watchdog import Watchdog, abort_connection, describe_request, fusectl_name
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (*SHUTDOWN_SIGNALS, signal.SIGHUP)
 #: How long the daemon waits for the invalidation thread at exit (it is idle or nearly done).
 INVALIDATOR_STOP_TIMEOUT = 2.0
+#: Exit status of a daemon that failed closed on an internal error (EX_SOFTWARE, like a hang).
+EXIT_FAULT = 70
 
 
 def raise_open_file_limit() -> None:
@@ -80,6 +83,7 @@ class Daemon:
         if options.data_dir is not None:
             self.mirror = DataMirror(self.table, options.data_dir, self.mountpoint)
         self.ops = LockOperations(self.table, trace=options.debug)
+        self.ops.fail_closed = self._fail_closed
         self.ops.fault_hook = hooks.request_hook()
         self.watchdog: Watchdog | None = None
         if options.hang_timeout:
@@ -184,6 +188,29 @@ class Daemon:
                 self.mirror.close()
             log.info("FUSE session ended")
             nursery.cancel_scope.cancel()
+
+    def _fail_closed(self, request: str, args: tuple[Any, ...], exc: Exception) -> NoReturn:
+        """A handler raised an unexpected exception: the change it was making may be half
+        done, and the kernel (which got no answer) has not applied it, so the table may
+        disagree with the kernel. Never serve it: one log line (the request, its arguments,
+        the exception and its traceback), abort the FUSE connection (every caller gets
+        ECONNABORTED, then ENOTCONN, as after a hang: lockfs.watchdog), exit EXIT_FAULT."""
+        log.critical(
+            "internal error in %s: %s: %s; failing closed: aborting the FUSE connection of %s "
+            "(callers get ENOTCONN) and exiting with status %d; remount it (stop the lock "
+            "holders, umount, mount again)",
+            describe_request(self.ops, request, args),
+            type(exc).__name__,
+            exc,
+            self.mountpoint,
+            EXIT_FAULT,
+            exc_info=exc,
+        )
+        logs.flush()
+        try:
+            abort_connection(fusectl_name(self._device()))
+        finally:  # the exit aborts the connection too, unless a thread is stuck in the kernel
+            os._exit(EXIT_FAULT)
 
     def _device(self) -> int:
         """The mount's device number, from the mount table (never by stat'ing the mount)."""

@@ -29,10 +29,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, NoReturn, Protocol
 
+from .entryorder import EntryOrder
+from .filedata import FileData
+
 ROOT_INO = 1
 NAME_MAX = 255
 #: At most one "entry limit reached" log line per this many seconds.
 LIMIT_LOG_INTERVAL = 60.0
+#: Entries one READDIRPLUS reply holds at most (``.`` and ``..`` included). Requests are
+#: served one at a time in arrival order, so a lock request that arrives behind listings
+#: waits for them. With two processes listing 65,536 entries in a loop, lock takers kept
+#: 0.68-0.74 of their throughput with 8 entries per reply, 0.25-0.37 with full 4 KiB pages
+#: (about 25 entries; the bench's listing section, docs/benchmark.md).
+LISTED_PER_REQUEST = 8
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +81,11 @@ class Node:
     parent: Node | None = None
     name: bytes = b""
     children: dict[bytes, Node] | None = None
+    #: A directory's children in inode order (listings resume from a cookie by bisection).
+    order: EntryOrder | None = None
     subdirs: int = 0
-    data: bytearray | None = None
+    #: A regular file's bytes (sparse); ``None`` while the file is empty.
+    data: FileData | None = None
     lookups: int = 0
     opens: int = 0
     depth: int = 0
@@ -227,6 +239,7 @@ class NodeTable:
         node = Node(self._next_ino, mode, uid, gid, now, now, now)
         if stat.S_ISDIR(mode):
             node.children = {}
+            node.order = EntryOrder()
             self.dir_count += 1
         self._next_ino += 1
         self.nodes[node.ino] = node
@@ -289,19 +302,24 @@ class NodeTable:
         if node.children is not None:
             self.dir_count -= 1
 
-    def _detach(self, node: Node) -> None:
-        """Remove ``node``'s name from its directory."""
+    def _detach(self, node: Node, *, keep_order: bool = False) -> None:
+        """Remove ``node``'s name from its directory (``keep_order``: it comes back to the
+        same directory at once, under another name, so its place in inode order stays)."""
         parent = node.parent
-        assert parent is not None and parent.children is not None
+        assert parent is not None and parent.children is not None and parent.order is not None
         del parent.children[node.name]
+        if not keep_order:
+            parent.order.remove(node)
         if node.children is not None:
             parent.subdirs -= 1
         node.parent = None
         self._queue_of(node).pop(node, None)
 
-    def _attach(self, parent: Node, name: bytes, node: Node) -> None:
-        assert parent.children is not None
+    def _attach(self, parent: Node, name: bytes, node: Node, *, keep_order: bool = False) -> None:
+        assert parent.children is not None and parent.order is not None
         parent.children[name] = node
+        if not keep_order:
+            parent.order.add(node)
         if node.children is not None:
             parent.subdirs += 1
         if node.children:  # a moved, non-empty directory: renumber its subtree
@@ -398,7 +416,8 @@ class NodeTable:
 
         Cookies are 1 for ``.``, 2 for ``..`` and ``ino + 2`` for entries, listed in inode
         order, so a listing resumed after any cookie neither repeats nor skips an entry that
-        exists throughout.
+        exists throughout. The directory keeps its entries in that order
+        (lockfs.entryorder): resuming costs a bisection, not a sort of the directory.
         """
         directory = self._dir(ino)
         self._touch(directory)
@@ -406,12 +425,8 @@ class NodeTable:
             yield b".", directory, 1
         if after < 2:
             yield b"..", directory.parent or directory, 2
-        assert directory.children is not None
-        entries = sorted(
-            (node for node in directory.children.values() if node.ino + 2 > after),
-            key=lambda node: node.ino,
-        )
-        for node in entries:
+        assert directory.order is not None
+        for node in directory.order.after(after - 2):
             if node.parent is directory:  # still there after earlier yields
                 yield node.name, node, node.ino + 2
 
@@ -474,15 +489,18 @@ class NodeTable:
     def readdirplus(self, ino: int, after: int, reply: Callable[[bytes, Node, int], bool]) -> None:
         """READDIRPLUS: offer the entries of directory ``ino`` after cookie ``after`` (see
         :meth:`listing`) to ``reply(name, node, cookie)`` until it returns False (the kernel's
-        buffer is full: that entry was not sent, and the next request resumes with it).
+        buffer is full: that entry was not sent, and the next request resumes with it), at
+        most :data:`LISTED_PER_REQUEST` of them (the kernel asks again for the rest).
 
         Every entry sent is a kernel lookup reference but not a use
         (:meth:`_add_listed_lookup`), except ``.`` and ``..``, which the kernel skips without
         taking a reference. The directory itself is used.
         """
+        room = LISTED_PER_REQUEST
         for name, node, cookie in self.listing(ino, after):
-            if not reply(name, node, cookie):
+            if not room or not reply(name, node, cookie):
                 return
+            room -= 1
             if name != b"." and name != b"..":
                 self._add_listed_lookup(node)
 
@@ -639,10 +657,11 @@ class NodeTable:
             if target is not node:
                 if self.observer is not None:
                     self.observer.rename(node, target, new_parent, new_name, True)
-                self._detach(node)
-                self._detach(target)
-                self._attach(new_parent, new_name, node)
-                self._attach(old_parent, old_name, target)
+                same = new_parent is old_parent
+                self._detach(node, keep_order=same)
+                self._detach(target, keep_order=same)
+                self._attach(new_parent, new_name, node, keep_order=same)
+                self._attach(old_parent, old_name, target, keep_order=same)
                 target.ctime_ns = self._now_ns()
                 self._touch(target)
         else:
@@ -662,8 +681,9 @@ class NodeTable:
                 self.observer.rename(node, target, new_parent, new_name, False)
             if target is not None:
                 self._unlink_node(target)
-            self._detach(node)
-            self._attach(new_parent, new_name, node)
+            same = new_parent is old_parent
+            self._detach(node, keep_order=same)
+            self._attach(new_parent, new_name, node, keep_order=same)
         node.ctime_ns = self._now_ns()
         self._touch(node)
         self._modified(old_parent)
@@ -750,7 +770,7 @@ class NodeTable:
         if node.data is None:
             return b""
         node.atime_ns = self._now_ns()
-        return bytes(node.data[offset : offset + size])
+        return node.data.read(offset, size)
 
     def write(self, ino: int, offset: int, buf: bytes) -> int:
         node = self.get(ino)
@@ -761,12 +781,9 @@ class NodeTable:
         now = self._now_ns()
         if self.observer is not None:
             self.observer.write(node, offset, buf, now)
-        data = node.data
-        if data is None:
-            data = node.data = bytearray()
-        if offset > len(data):
-            data.extend(bytes(offset - len(data)))
-        data[offset : offset + len(buf)] = buf
+        if node.data is None:
+            node.data = FileData()
+        node.data.write(offset, buf)
         node.mtime_ns = node.ctime_ns = now
         self._touch(node)
         return len(buf)
@@ -793,12 +810,9 @@ class NodeTable:
         if size == 0:
             node.data = None
         else:
-            data = node.data if node.data is not None else bytearray()
-            if size < len(data):
-                del data[size:]
-            else:
-                data.extend(bytes(size - len(data)))
-            node.data = data
+            if node.data is None:
+                node.data = FileData()
+            node.data.truncate(size)
         node.mtime_ns = node.ctime_ns = now
         self._touch(node)
 
@@ -859,6 +873,11 @@ class NodeTable:
                 assert node.lookups or node.opens, f"unreferenced unlinked node {node.ino}"
             if node.children is not None:
                 assert node.subdirs == sum(1 for c in node.children.values() if c.is_dir)
+        for node in self.nodes.values():
+            if node.children is not None:
+                assert node.order is not None
+                node.order.check()
+                assert sorted(node.order, key=id) == sorted(node.children.values(), key=id)
             queued = node in self._queue_of(node)
             if queued:
                 assert self._is_idle(node)

@@ -13,6 +13,7 @@ from support import FakeClock, FakeWallClock
 
 from lockfs.nodes import (
     LIMIT_LOG_INTERVAL,
+    LISTED_PER_REQUEST,
     NAME_MAX,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -992,6 +993,43 @@ def test_listing_resumes_across_changes(table: NodeTable) -> None:
         for name in (b".", b"..", b"b", b"d", b"e", b"f"):
             assert listed.count(name) == 1, (split, listed)
         assert len(listed) == len(set(listed)), (split, listed)
+
+
+def test_readdirplus_replies_hold_a_few_entries(table: NodeTable) -> None:
+    """One READDIRPLUS reply holds at most LISTED_PER_REQUEST entries; the next request
+    resumes after the last cookie sent, and the pages add up to the whole listing."""
+    for i in range(3 * LISTED_PER_REQUEST):
+        make_file(table, b"f%d" % i)
+    pages = []
+    after = 0
+    while page := readdirplus(table, ROOT_INO, after):
+        assert len(page) <= LISTED_PER_REQUEST
+        pages.append(page)
+        after = page[-1][2]
+    assert len(pages[0]) == LISTED_PER_REQUEST
+    assert [entry for page in pages for entry in page] == _list(table, ROOT_INO)
+
+
+def test_big_directory_lists_in_inode_order_after_renames(table: NodeTable) -> None:
+    """A directory with more entries than one block of its inode order, some of them older
+    nodes renamed in and some removed: listed in inode order, and resuming after any cookie
+    gives exactly the rest."""
+    old = table.mkdir(ROOT_INO, b"old", 0o755, UID, GID)
+    older = [make_file(table, b"o%d" % i, old.ino) for i in range(300)]
+    d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
+    for i in range(1500):
+        make_file(table, b"n%d" % i, d.ino)
+    for node in older[::3]:  # older inodes come in: not in insertion order any more
+        table.rename(old.ino, node.name, d.ino, b"moved-" + node.name, 0)
+    for i in range(0, 1500, 7):
+        table.unlink(d.ino, b"n%d" % i)
+    table.rename(d.ino, b"n1", d.ino, b"renamed-in-place", 0)
+    full = _list(table, d.ino)
+    inos = [ino for _, ino, _ in full[2:]]
+    assert inos == sorted(inos) and len(inos) == len(d.children or {})
+    for i in range(0, len(full), 97):
+        assert _list(table, d.ino, full[i][2]) == full[i + 1 :]
+    table.check()
 
 
 def test_listing_skips_entries_removed_while_listing(table: NodeTable) -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from lockfs.testing_hooks import FAULT_NAME, NO_HOOKS, HookError, TestHooks, from_environment
+from lockfs.testing_hooks import (
+    ARM_NAME,
+    FAULT_NAME,
+    NO_HOOKS,
+    HookError,
+    LineFault,
+    TestHooks,
+    from_environment,
+)
 
 
 def test_no_variable_means_no_hooks() -> None:
@@ -21,6 +29,16 @@ def test_hooks_are_parsed() -> None:
     hook("lookup", (1, b"other"))
     with pytest.raises(RuntimeError, match="injected fault in lookup"):
         hook("lookup", (1, FAULT_NAME))
+
+
+def test_raise_at_is_parsed() -> None:
+    hooks = from_environment({"LOCKFS_TEST_HOOKS": "raise-at=rename:12"})
+    assert hooks == TestHooks(raise_at=("rename", 12))
+    hook = hooks.request_hook()
+    assert isinstance(hook, LineFault) and (hook.handler, hook.line) == ("rename", 12)
+    assert not hook.armed
+    hook("lookup", (1, ARM_NAME))
+    assert hook.armed
 
 
 def test_log_socket_hooks() -> None:
@@ -57,6 +75,10 @@ def test_switch_over_pause_hook(
         "journal=rel",
         "switch-over-pause",
         "switch-over-pause=later",
+        "raise-at=rename",
+        "raise-at=rename:0",
+        "raise-at=:3",
+        "raise-at=re-name:3",
     ],
 )
 def test_unknown_hooks_are_refused(value: str) -> None:

@@ -220,7 +220,7 @@ class Mount(Processes):
             if code != 0:
                 found.append(describe_exit(code))
         if self.faults_at_stop and not expect.faults:
-            found.append(f"it counted {self.faults_at_stop} fault(s): requests answered EIO")
+            found.append(f"it counted {self.faults_at_stop} fault(s): internal errors")
         log = self.log_text()
         found += log_problems(log, expect)
         return [report(f"lockfs -f at {self.path}", found, log)] if found else []
@@ -499,7 +499,7 @@ class Daemons(Processes):
             ]
         if not expect.faults:
             found += [
-                f"lockfs at {path} counted {faults} fault(s): requests answered EIO"
+                f"lockfs at {path} counted {faults} fault(s): internal errors"
                 for path, faults in self.faults.items()
                 if faults
             ]
