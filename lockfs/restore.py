@@ -19,11 +19,10 @@ import stat
 from dataclasses import dataclass, field
 
 from .nodes import ROOT_INO, FsError, Node, NodeTable
+from .rootfiles import DIR_FLAGS
 
 #: Files are read (and copied) in pieces of this size.
 CHUNK = 1 << 20
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class MirrorError(Exception):
@@ -37,15 +36,6 @@ class Restored:
     files: int = 0
     dirs: int = 0
     bytes: int = 0
-
-
-@dataclass
-class _Entry:
-    """A mirror entry found by the restore scan: a directory or a file's data segments."""
-
-    names: tuple[bytes, ...]
-    st: os.stat_result
-    segments: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -72,7 +62,7 @@ def scan(
         path = (*names, os.fsencode(name))
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
             try:
                 below = scan(fd, root, prune=prune, names=path)
             finally:

@@ -27,7 +27,7 @@ import secrets
 import stat
 
 #: How a directory on the way is opened: never through a symlink.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafePath(OSError):
@@ -52,7 +52,7 @@ def open_dir(path: str, *, root_only: bool = False) -> int:
     directory for as long as root alone changes those directories)."""
     if not os.path.isabs(path):
         raise ValueError(f"not an absolute path: {path}")
-    fd = os.open("/", _DIR_FLAGS)
+    fd = os.open("/", DIR_FLAGS)
     walked = ""
     try:
         for name in os.path.normpath(path).split("/"):
@@ -60,7 +60,7 @@ def open_dir(path: str, *, root_only: bool = False) -> int:
                 continue
             parent, walked = walked or "/", walked + "/" + name
             try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 raise _refusal(walked, name, fd, exc) from None
             who = _replaceable_by(os.fstat(fd), os.fstat(child)) if root_only else None
@@ -101,7 +101,7 @@ def private_dir(path: str) -> int:
         with contextlib.suppress(FileExistsError):
             os.mkdir(name, 0o700, dir_fd=parent_fd)
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
         except OSError as exc:
             raise _refusal(path, name, parent_fd, exc) from None
     finally:
