@@ -22,129 +22,36 @@ an internal fault).
 At mount, :meth:`DataMirror.restore` loads the mirror into the fresh table (lockfs.restore:
 through the table's own request methods; what it cannot take fails the mount with its name).
 
-The mirror is reached only through directory descriptors opened with ``O_NOFOLLOW``: no
-directory on the way to ``data_dir`` may be one that anyone but root could rename or replace
-(lockfs.rootfiles.open_dir), ``data_dir`` and the mount's directory must be root's and not
-writable by group or others, and missing ones are created with mode 0700.
-The daemon holds an exclusive flock on its mount's directory while it serves. A daemon still
-holding it when a new mount at the path starts serves a mount no longer there (unmounted
-lazily, or kept by another mount namespace): the new daemon restores from it, then swaps in a
-copy written from its table, so two daemons never write to one directory, and the lock
-directory never stays down for it. No FUSE imports.
+The mirror is reached only through directory descriptors opened with ``O_NOFOLLOW``
+(lockfs.mirror_fds). Which daemon writes to the mount's directory, and the takeover from a
+daemon still holding it, is lockfs.mirror_dir's. No FUSE imports.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import hashlib
 import logging
 import os
-import shutil
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-from . import rootfiles
-from .control import escape_path
-from .linux import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
+from .linux import RENAME_EXCHANGE, renameat2
+from .mirror_dir import LOCK_WAIT, MirrorDir
+from .mirror_fds import Chain, cut_to, open_chain, pwrite_all
 from .nodes import ROOT_INO, FsError, Node, NodeTable
 from .restore import CHUNK, MirrorError, Restored, load, scan
+from .rootfiles import DIR_FLAGS
 
 log = logging.getLogger(__name__)
 
-#: How long a starting daemon waits for a daemon that is still exiting (``systemctl restart``
-#: starts the new mount at once) to let go of the mount's directory before taking it over.
-LOCK_WAIT = 2.0
-#: Names of new directories being filled before they replace a mount's (never an escaped path).
-NEW_PREFIX = ".lockfs-new-"
 #: At most one "cannot keep ... across restarts" log line per this many seconds.
 FAILURE_LOG_INTERVAL = 60.0
-#: Longer mount directory names keep a readable prefix and end in a hash of the mountpoint.
-MAX_NAME = 255
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class MirrorDiverged(RuntimeError):
     """Undoing a failed change of the mirror failed too: it may differ from the table."""
-
-
-def mirror_name(mountpoint: str) -> str:
-    """The name of the directory that mirrors the mount at ``mountpoint`` in ``data_dir``."""
-    name = escape_path(mountpoint)
-    if len(name.encode()) <= MAX_NAME:
-        return name
-    digest = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:16]
-    prefix = name.encode()[: MAX_NAME - len(digest) - 1].decode(errors="ignore")
-    return f"{prefix}-{digest}"
-
-
-def mirror_path(data_dir: str, mountpoint: str) -> str:
-    """Where the mount at ``mountpoint`` (resolved, as the daemon has it) keeps its data."""
-    return os.path.join(data_dir, mirror_name(mountpoint))
-
-
-def discard(data_dir: str, mountpoint: str) -> bool:
-    """Remove what an earlier mount at ``mountpoint`` kept in ``data_dir``: ``lockfs
-    switch-over`` does, because the plain directory it replaces was used since and is what
-    counts. Whether there was anything."""
-    path = mirror_path(data_dir, mountpoint)
-    if not os.path.lexists(path):
-        return False
-    shutil.rmtree(path)  # never follows a symlink
-    return True
-
-
-def _try_lock(fd: int) -> bool:
-    """An exclusive flock on ``fd`` if nobody else holds one."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-
-
-def _check_private(fd: int, shown: str) -> None:
-    """``fd`` must be a directory owned by root and not writable by group or others."""
-    st = os.fstat(fd)
-    if st.st_uid != 0 or st.st_mode & 0o022:
-        raise MirrorError(
-            f"{shown} is not safe for data kept across restarts: it must be owned by root and "
-            f"writable only by root (it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})"
-        )
-
-
-def _open_private_dir(path: str) -> int:
-    """``path``, a directory that root alone can change, opened without following a symlink
-    and created (0700, with missing parents) when missing: every directory on the way must be
-    one that nobody but root can rename or replace (lockfs.rootfiles.open_dir), and ``path``
-    as :func:`_check_private` says. Raises :class:`MirrorError`."""
-    path = os.path.normpath(path)
-    try:
-        try:
-            parent_fd = rootfiles.open_dir(os.path.dirname(path), root_only=True)
-        except FileNotFoundError:
-            os.close(_open_private_dir(os.path.dirname(path)))
-            parent_fd = rootfiles.open_dir(os.path.dirname(path), root_only=True)
-        try:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(os.path.basename(path), 0o700, dir_fd=parent_fd)
-        finally:
-            os.close(parent_fd)
-        fd = rootfiles.open_dir(path, root_only=True)
-    except rootfiles.UnsafePath as exc:
-        raise MirrorError(f"{exc}; data_dir must be such a directory") from None
-    except OSError as exc:
-        raise MirrorError(f"cannot open {exc.filename or path}: {exc.strerror}") from None
-    try:
-        _check_private(fd, path)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _fail(exc: OSError) -> FsError:
@@ -163,62 +70,6 @@ def _dirs_of(node: Node) -> list[Node]:
     return dirs
 
 
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
-def _cut_to(fd: int, size: int) -> None:
-    """Give the file its old size back (a truncate to the same size would touch its mtime)."""
-    if os.fstat(fd).st_size != size:
-        os.ftruncate(fd, size)
-
-
-@dataclass
-class _Chain:
-    """Open descriptors of mirror directories: ``fds[0]`` the mount's directory (not ours to
-    close), ``fds[i]`` the directory named ``names[i - 1]`` in ``fds[i - 1]``. The last
-    ``created`` of them were made for this change (undone by :meth:`undo`). ``extra``: other
-    descriptors opened for the change, closed with the chain."""
-
-    fds: list[int]
-    names: list[bytes] = field(default_factory=list)
-    created: int = 0
-    extra: list[int] = field(default_factory=list)
-
-    @property
-    def fd(self) -> int:
-        return self.fds[-1]
-
-    def keep(self, fd: int) -> int:
-        self.extra.append(fd)
-        return fd
-
-    def close(self) -> None:
-        for fd in [*self.extra, *self.fds[1:]]:
-            os.close(fd)
-        del self.fds[1:]
-        self.extra.clear()
-
-    def undo(self) -> None:
-        """Remove the directories made for this change (deepest first)."""
-        for depth in range(len(self.names), len(self.names) - self.created, -1):
-            os.rmdir(self.names[depth - 1], dir_fd=self.fds[depth - 1])
-        self.created = 0
-
-    def prune(self) -> None:
-        """Remove the directories left empty, from the deepest up (the mount's stays)."""
-        for depth in range(len(self.names), 0, -1):
-            try:
-                os.rmdir(self.names[depth - 1], dir_fd=self.fds[depth - 1])
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
-                    log.warning("cannot remove an empty mirror directory: %s", exc.strerror)
-                return
-
-
 class DataMirror:
     """The mirror of one mount's data files (see the module docstring): restore at mount,
     then the table's :class:`~lockfs.nodes.DataObserver`."""
@@ -227,101 +78,35 @@ class DataMirror:
         self, table: NodeTable, data_dir: str, mountpoint: str, *, lock_wait: float = LOCK_WAIT
     ) -> None:
         self.table = table
+        self.dir = MirrorDir(data_dir, mountpoint, lock_wait=lock_wait)
         self.data_dir = data_dir
-        self.path = mirror_path(data_dir, mountpoint)
-        self.lock_wait = lock_wait
-        self._name = os.path.basename(self.path)
-        self._base_fd = -1
-        #: The mount's directory this daemon writes to (flocked while it does), or -1.
-        self._root_fd = -1
-        #: The directory a daemon still alive holds (restored from, then taken over), or -1.
-        self._held_fd = -1
+        self.path = self.dir.path
         self._failure_logged_at = -FAILURE_LOG_INTERVAL
         self._failures = 0
 
     # ----------------------------------------------------------------- lifecycle
 
     def open(self) -> None:
-        """Open (creating) the mount's directory and lock it; raises :class:`MirrorError`.
-
-        A daemon that is exiting lets go within :data:`LOCK_WAIT`. One that still holds it
-        then serves a mount no longer at this path (unmounted lazily, or kept alive by another
-        mount namespace: the caller checked that no lockfs is mounted here): :meth:`restore`
-        reads its directory and takes over."""
-        self._base_fd = _open_private_dir(self.data_dir)
-        try:
-            self._remove_leftovers()
-            deadline = time.monotonic() + self.lock_wait
-            while True:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(self._name, 0o700, dir_fd=self._base_fd)
-                fd = os.open(self._name, _DIR_FLAGS, dir_fd=self._base_fd)
-                _check_private(fd, self.path)
-                locked = _try_lock(fd)
-                if locked and os.fstat(fd).st_nlink > 0:
-                    self._root_fd = fd  # not removed by a daemon that let go just now
-                    return
-                if not locked and time.monotonic() > deadline:
-                    self._held_fd = fd
-                    return
-                os.close(fd)
-                time.sleep(0.02)
-        except OSError as exc:
-            self.close()
-            raise MirrorError(f"cannot use {self.path}: {exc.strerror}") from None
-        except BaseException:
-            self.close()
-            raise
-
-    def _remove_leftovers(self) -> None:
-        """Remove what a takeover that was interrupted left (a copy nobody holds)."""
-        for name in os.listdir(self._base_fd):
-            if not name.startswith(NEW_PREFIX):
-                continue
-            with contextlib.suppress(OSError):
-                fd = os.open(name, _DIR_FLAGS, dir_fd=self._base_fd)
-                try:
-                    if _try_lock(fd):
-                        shutil.rmtree(name, dir_fd=self._base_fd)
-                finally:
-                    os.close(fd)
+        """Open (creating) the mount's directory and lock it, or find it held by a daemon
+        that :meth:`restore` takes it over from; raises :class:`MirrorError`."""
+        self.dir.open()
 
     def close(self) -> None:
-        """Let go of the mirror; its directory goes if it holds nothing and is still this
-        daemon's (else it stays for the next mount to restore)."""
-        if self._root_fd >= 0:
-            with contextlib.suppress(OSError):  # not empty: kept for the next mount
-                if self._is_current(self._root_fd):
-                    os.rmdir(self._name, dir_fd=self._base_fd)
-        for fd in (self._root_fd, self._held_fd, self._base_fd):
-            if fd >= 0:
-                os.close(fd)
-        self._root_fd = self._held_fd = self._base_fd = -1
-
-    def _is_current(self, fd: int) -> bool:
-        """Whether ``fd`` is the directory the mount's name leads to."""
-        try:
-            st = os.stat(self._name, dir_fd=self._base_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        own = os.fstat(fd)
-        return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+        """Let go of the mirror (its directory stays if it holds data)."""
+        self.dir.close()
 
     def _usable(self, node: Node) -> bool:
         """Before a change of ``node``: whether this daemon still keeps the mirror. If its
         directory was removed (by hand), it is written again from the table; if another
         daemon took it over (this mount is no longer at its path), this one stops keeping
         data."""
-        if self._root_fd < 0:
+        if self.dir.root_fd < 0:
             return False
         try:
-            if os.fstat(self._root_fd).st_nlink:
+            removed = self.dir.let_go_if_removed()
+            if removed is None:
                 return True
-            os.close(self._root_fd)
-            self._root_fd = -1
-            try:
-                os.stat(self._name, dir_fd=self._base_fd, follow_symlinks=False)
-            except FileNotFoundError:
+            if removed:
                 log.warning("%s was removed: writing it again from the mount", self.path)
                 self._replace_with_copy(exchange=False)
                 return True
@@ -338,27 +123,11 @@ class DataMirror:
     def _replace_with_copy(self, *, exchange: bool) -> None:
         """Write every data file of the table into a new directory and put it in place:
         swapped with the held one (which is then removed), or under the missing name."""
-        fresh = f"{NEW_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
-        os.mkdir(fresh, 0o700, dir_fd=self._base_fd)
-        fd = os.open(fresh, _DIR_FLAGS, dir_fd=self._base_fd)
-        _try_lock(fd)  # a new directory: nobody else has it
-        self._root_fd = fd
-        try:
+        with self.dir.replacement(exchange=exchange):
             for node in self._data_files():
                 with self._change(node) as (chain, undo):
                     assert chain is not None
                     self._data_file(chain, node, undo)
-            flags = RENAME_EXCHANGE if exchange else RENAME_NOREPLACE
-            renameat2(fresh, self._name, flags, old_dir_fd=self._base_fd, new_dir_fd=self._base_fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(fresh, dir_fd=self._base_fd)
-            os.close(fd)
-            self._root_fd = -1
-            raise
-        if exchange:  # the held directory now has the fresh name; its daemon's changes vanish
-            with contextlib.suppress(OSError):
-                shutil.rmtree(fresh, dir_fd=self._base_fd)
 
     def _data_files(self) -> Iterator[Node]:
         """The table's linked regular files that hold data."""
@@ -378,8 +147,8 @@ class DataMirror:
         """Load the mirror into the (fresh) table (lockfs.restore), take it over from a daemon
         that still holds it, then watch the table's changes. Raises :class:`MirrorError`
         naming what cannot be restored."""
-        held = self._held_fd >= 0
-        entries = scan(self._held_fd if held else self._root_fd, self.path, prune=not held)
+        held = self.dir.held_fd >= 0
+        entries = scan(self.dir.held_fd if held else self.dir.root_fd, self.path, prune=not held)
         done = load(self.table, entries, self.path)
         if held:
             self._take_over()
@@ -391,8 +160,7 @@ class DataMirror:
             self._replace_with_copy(exchange=True)
         except (OSError, FsError) as exc:
             raise MirrorError(f"cannot take over {self.path}: {exc}") from None
-        os.close(self._held_fd)
-        self._held_fd = -1
+        self.dir.let_go_of_held()
         log.warning(
             "took over %s from a lockfs daemon still serving a mount that is no longer at this "
             "path (unmounted lazily, or kept by another mount namespace); its changes from now "
@@ -414,14 +182,14 @@ class DataMirror:
                 os.posix_fallocate(fd, offset, len(buf))
             except OSError:
                 with contextlib.suppress(OSError):  # a partial reservation past the end
-                    _cut_to(fd, old_size)
+                    cut_to(fd, old_size)
                 raise
             try:
-                _pwrite_all(fd, buf, offset)
+                pwrite_all(fd, buf, offset)
             except OSError:
                 if offset < old_size and not created:
                     raise MirrorDiverged(f"the mirror of /{self._shown(node)} may differ") from None
-                _cut_to(fd, old_size)
+                cut_to(fd, old_size)
                 raise
             self._set_mtime(fd, node, mtime_ns, created)
 
@@ -511,12 +279,12 @@ class DataMirror:
     @contextlib.contextmanager
     def _change(
         self, node: Node, *, create: bool = True
-    ) -> Iterator[tuple[_Chain | None, list[tuple[int, bytes]]]]:
+    ) -> Iterator[tuple[Chain | None, list[tuple[int, bytes]]]]:
         """Open the mirror directories down to ``node``'s (creating them unless ``create`` is
         false: then the chain is None when one is missing) for one change. A failure undoes
         what the change made (the files listed in ``undo``, the directories) and becomes an
         :class:`FsError`."""
-        chain: _Chain | None = None
+        chain: Chain | None = None
         undo: list[tuple[int, bytes]] = []
         try:
             chain = self._chain(_dirs_of(node), create=create)
@@ -538,37 +306,11 @@ class DataMirror:
             if chain is not None:
                 chain.close()
 
-    def _chain(self, dirs: list[Node], *, create: bool) -> _Chain | None:
-        chain = _Chain([self._root_fd])
-        try:
-            for directory in dirs:
-                name = directory.name
-                try:
-                    fd = os.open(name, _DIR_FLAGS, dir_fd=chain.fd)
-                except FileNotFoundError:
-                    if not create:
-                        chain.close()
-                        return None
-                    os.mkdir(name, 0o700, dir_fd=chain.fd)
-                    chain.created += 1
-                    fd = os.open(name, _DIR_FLAGS, dir_fd=chain.fd)
-                    chain.fds.append(fd)
-                    chain.names.append(name)
-                    os.fchown(fd, directory.uid, directory.gid)
-                    os.fchmod(fd, stat.S_IMODE(directory.mode))
-                    continue
-                chain.fds.append(fd)
-                chain.names.append(name)
-            return chain
-        except BaseException:
-            if chain.created:
-                with contextlib.suppress(OSError):
-                    chain.undo()
-            chain.close()
-            raise
+    def _chain(self, dirs: list[Node], *, create: bool) -> Chain | None:
+        return open_chain(self.dir.root_fd, dirs, create=create)
 
     def _data_file(
-        self, chain: _Chain, node: Node, undo: list[tuple[int, bytes]]
+        self, chain: Chain, node: Node, undo: list[tuple[int, bytes]]
     ) -> tuple[int, int, bool]:
         """The mirror file of ``node`` opened for writing (closed with the chain): its size
         now, and whether it was made for this change. A file that becomes a data file gets a
@@ -595,7 +337,7 @@ class DataMirror:
     def _copy_from_table(self, fd: int, node: Node) -> None:
         os.posix_fallocate(fd, 0, node.size)
         for offset in range(0, node.size, CHUNK):
-            _pwrite_all(fd, self.table.read(node.ino, offset, CHUNK), offset)
+            pwrite_all(fd, self.table.read(node.ino, offset, CHUNK), offset)
         os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
     def _set_mtime(self, fd: int, node: Node, mtime_ns: int, created: bool) -> None:
@@ -626,7 +368,7 @@ class DataMirror:
             if chain is None:
                 return
             try:
-                fd = chain.keep(os.open(node.name, _DIR_FLAGS, dir_fd=chain.fd))
+                fd = chain.keep(os.open(node.name, DIR_FLAGS, dir_fd=chain.fd))
             except FileNotFoundError:
                 return  # no data below it
             if uid is not None or gid is not None:

@@ -63,10 +63,10 @@ from .dirfd_tree import (
     scan,
 )
 from .linux import RENAME_NOREPLACE, command_of, processes_using, read_proc_locks, renameat2
+from .mirror_dir import discard
 from .mounts import FSTYPE, entries_at, mount_table
 from .new_mount import MountFailed, NewMount
 from .options import MountOptions, OptionError, parse_options
-from .persist import discard
 from .rootfiles import UnsafePath, open_dir
 from .testing_hooks import NO_HOOKS, HookError, TestHooks, from_environment
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from support import FakeClock, FakeWallClock
 
+from lockfs.mirror_dir import discard, mirror_name, mirror_path
 from lockfs.nodes import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -34,14 +35,8 @@ from lockfs.nodes import (
     NodeTable,
     ReclaimPolicy,
 )
-from lockfs.persist import (
-    DataMirror,
-    MirrorDiverged,
-    MirrorError,
-    discard,
-    mirror_name,
-    mirror_path,
-)
+from lockfs.persist import DataMirror, MirrorDiverged
+from lockfs.restore import MirrorError
 
 MOUNTPOINT = "/run/proxmox-backup/locks"
 BACKUP = 34

@@ -23,9 +23,9 @@ import pytest
 from support import Daemons, MakeMount, Mount, daemon_env, errno_of
 
 from lockfs.linux import RENAME_EXCHANGE, renameat2
+from lockfs.mirror_dir import mirror_path
 from lockfs.mounts import is_lockfs_mounted
 from lockfs.options import MountOptions
-from lockfs.persist import mirror_path
 
 #: PBS's only data file, and its owner (backup:backup).
 JOURNAL = "store1/move-journal"

@@ -25,9 +25,9 @@ import pytest
 from lockfs import control, harness
 from lockfs.control import ControlError, query_status, socket_path
 from lockfs.logs import log_path
+from lockfs.mirror_dir import mirror_path
 from lockfs.mounts import entries_at, is_lockfs_mounted
 from lockfs.options import MountOptions
-from lockfs.persist import mirror_path
 from lockfs.status import MountStatus
 
 from .daemon_check import Expectations, describe_exit, log_problems, report
