@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from . import __version__, logs, testing_hooks
 from .admin import EXIT_USAGE, SUBCOMMANDS, Subcommand, run_subcommand, subcommand_parser, summary
 from .admin import fail as _fail
+from .heal import heal_main
 from .mounts import (
     MountError,
     MountpointClaim,
@@ -97,8 +98,9 @@ def mount_main(argv: Sequence[str]) -> int:
     return _mount(args)
 
 
-#: Every command by name: ``mount`` and the admin commands of lockfs.admin.SUBCOMMANDS.
-COMMANDS: dict[str, Subcommand] = {"mount": mount_main, **SUBCOMMANDS}
+#: Every command by name: ``mount``, the admin commands of lockfs.admin.SUBCOMMANDS, and
+#: ``heal`` (lockfs.heal: the self-healing watcher lockfs-heal.service runs).
+COMMANDS: dict[str, Subcommand] = {"mount": mount_main, **SUBCOMMANDS, "heal": heal_main}
 
 
 def _help() -> str:
