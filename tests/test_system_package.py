@@ -122,7 +122,7 @@ def test_mount_failures_through_the_helper_leave_no_mount(
     mount(host, mounted)
     dead = mountpoint(host, "dead")
     host.run("kill", "-9", str(mount(host, dead)))
-    wait_for(lambda: NOT_CONNECTED in host.run("stat", dead, check=False).stderr, 10, "ENOTCONN")
+    wait_for(functools.partial(host.not_connected, dead), 10, "ENOTCONN")
     plain = mountpoint(host, "plain")
     for path, options, message in (
         (f"{SCRATCH}/missing", "rw", "does not exist"),
@@ -172,6 +172,7 @@ def test_a_held_lock_keeps_the_mount_and_a_dead_daemon_fails_closed(
     pid = mount(host, path)
     holder = host.hold_lock(f"{path}/vm-100")
     host.run("kill", "-9", str(pid))
+    wait_for(functools.partial(host.not_connected, path), 10, "ENOTCONN")
     second = host.run("python3", LOCKER, "pbs", f"{path}/vm-100", "--release", check=False)
     assert second.returncode not in (0, 3) and NOT_CONNECTED in second.stderr
     again = host.run("mount", "-t", "fuse.lockfs", "lockfs", path, check=False)

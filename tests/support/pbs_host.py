@@ -116,6 +116,11 @@ class PbsHost(Container):
         """The file system type at ``path`` (``findmnt``'s answer for the nearest mountpoint)."""
         return self.run("findmnt", "-n", "-o", "FSTYPE", "-T", path).stdout.strip()
 
+    def not_connected(self, path: str = LOCKS) -> bool:
+        """Whether ``stat PATH`` fails with ENOTCONN (a dead lockfs; a request that was in
+        flight when the daemon died fails with ECONNABORTED instead)."""
+        return "Transport endpoint is not connected" in self.run("stat", path, check=False).stderr
+
     def daemon_pid(self, path: str = LOCKS) -> int:
         """The pid of the lockfs daemon serving ``path`` (from ``lockfs status``)."""
 
