@@ -22,7 +22,10 @@ The teardown check (support.daemon_check)
     :class:`Expectations` (from the ``injects_faults`` and ``kills_daemon`` markers),
     :func:`log_problems`, :func:`report`, :func:`fail_on`
 The test layers (support.layers)
-    ``fuse`` and ``deploy`` markers: :func:`~support.layers.layer_markers`
+    ``fuse``, ``deploy`` and ``system`` markers: :func:`~support.layers.layer_markers`
+Containers of the system tests (imported from their modules, not from here)
+    support.containers: Debian 12 and 13 booted with systemd in systemd-nspawn;
+    support.pbs_host: such a container set up as a PBS host, with stand-ins of its services
 """
 
 from __future__ import annotations
