@@ -461,20 +461,22 @@ class Watcher:
     def fail_closed(self, health: Health) -> str:
         """Kill the daemon and abort its FUSE connection; what was done, for the log."""
         assert self.entry is not None
-        done = []
         if self.daemon is None and health is Health.HUNG:
             pid = listener_pid(self.mountpoint)
             if pid is not None:
                 self._adopt(pid, lambda: listener_pid(self.mountpoint))
+        done = []
         if self.daemon is not None and not self.daemon.exited():
             self.daemon.kill()
-            done.append(f"killed pid {self.daemon.pid}")
+            done.append(f"killed it (SIGKILL to pid {self.daemon.pid})")
         if abort_connection(fusectl_name(self.entry.dev)):
             done.append("aborted its FUSE connection")
+        elif done:  # the kernel aborts it once the killed process has let go of /dev/fuse
+            done.append("its FUSE connection ends with the process (fusectl is not available)")
         if self.daemon is not None and not self.daemon.exited(EXIT_TIMEOUT):
             log.error("heal: the daemon (pid %d) has not exited after SIGKILL", self.daemon.pid)
         self.probe.wait(EXIT_TIMEOUT)
-        return "; ".join(done) or "nothing left to kill"
+        return "; ".join(done) or "its process has exited"
 
     def handle_failure(self, health: Health, sample: Sample) -> None:
         """Fail the mount closed and, within the rate limit, have systemd remount it."""
@@ -558,7 +560,7 @@ class Watcher:
             return
         pid = f" (daemon pid {self.daemon.pid})" if self.daemon is not None else ""
         log.warning(
-            "heal: %s serves again%s, %.1f s after the failure",
+            "heal: %s serves again%s, %.1f s after the failure was noticed",
             self.mountpoint,
             pid,
             sample.at - pending.since,

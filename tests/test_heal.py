@@ -274,7 +274,7 @@ def test_a_stopped_daemon_fails_closed_after_hang_timeout(
     lines = [r.getMessage() for r in caplog.records if r.name == "lockfs.heal"]
     hung = [line for line in lines if "has not answered for" in line]
     assert len(hung) == 1 and "(hang_timeout=1, its process stopped)" in hung[0], lines
-    assert f"killed pid {pid}" in hung[0]
+    assert f"killed it (SIGKILL to pid {pid})" in hung[0]
     assert systemctl.actions()[-2:] == [
         ["restart", "--no-block", UNIT],
         ["start", "--no-block", "api.service", "proxy.service"],

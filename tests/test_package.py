@@ -59,6 +59,7 @@ def test_deb_contents_and_dependencies(deb: Deb) -> None:
         "/usr/share/man/man8/lockfs.8.gz",
         UNIT_FILE,
         *(f"/usr/lib/systemd/system/{s}.d/lockfs.conf" for s in PBS_SERVICES),
+        "/usr/lib/systemd/system/lockfs-heal.service",
         "/usr/lib/python3/dist-packages/lockfs/daemon.py",
         "/usr/share/doc/lockfs/deploying.md.gz",
         "/usr/share/doc/lockfs/NEWS.Debian.gz",
