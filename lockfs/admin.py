@@ -9,8 +9,9 @@ the arguments after the name); every command runs inside one error boundary,
 
 * 0: done;
 * 1: failed, with ``lockfs: REASON`` on stderr: no lockfs daemon answers at the mountpoint
-  (not a lockfs mount, its daemon is gone, or not root), the daemon refused the command, or
-  the kernel's tables could not be read;
+  (not a lockfs mount, its daemon is gone, or not root), it is a directory inside a lockfs
+  mount (the message names the mount and the command to run), the daemon refused the
+  command, or the kernel's tables could not be read;
 * 2: usage error (unknown command or option, missing argument);
 * 3: the daemon was reached but gave no proper answer: it did not answer within the timeout,
   or its reply was empty, truncated or not JSON. It may be stuck; see docs/deploying.md.
@@ -19,17 +20,21 @@ the arguments after the name); every command runs inside one error boundary,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .control import ControlError, NoProperAnswer, query, query_status
+from .linux import ofd_holders, read_proc_locks
 from .locks import format_table as format_lock_table
-from .locks import lock_rows, ofd_holders, read_proc_locks
+from .locks import lock_rows
 from .metrics import prometheus_text
-from .mounts import FSTYPE, entries_at
+from .mounts import FSTYPE, entries_at, mount_holding, resolve
 from .status import format_text
 from .switchover import main as switchover_main
 
@@ -54,12 +59,57 @@ def summary(command: Subcommand) -> str:
     return (command.__doc__ or "").strip().partition("\n")[0]
 
 
-def subcommand_parser(name: str, command: Subcommand) -> argparse.ArgumentParser:
+#: What argparse would take for a negative number rather than an option.
+_NUMBER = re.compile(r"-\d+(\.\d*)?|-\.\d+")
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser that names an unknown option before a missing argument.
+
+    argparse checks for missing arguments first, so a mistyped option alone (``lockfs status
+    --jsn``) would be reported as "the following arguments are required: mountpoint".
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: Every option string added, ``-h`` and ``--help`` included.
+        self.known_options: set[str] = set()
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.known_options.update(action.option_strings)
+        return action
+
+    def unknown_options(self, argv: Sequence[str]) -> list[str]:
+        """The arguments before ``--`` that look like options this parser does not have (a
+        long option may be abbreviated, as argparse allows; short ones may be clustered)."""
+        unknown = []
+        for arg in argv:
+            if arg == "--":
+                break
+            if not arg.startswith("-") or arg == "-" or _NUMBER.fullmatch(arg):
+                continue
+            name = arg.partition("=")[0] if arg.startswith("--") else arg[:2]
+            if name in self.known_options or (
+                arg.startswith("--") and any(o.startswith(name) for o in self.known_options)
+            ):
+                continue
+            unknown.append(arg)
+        return unknown
+
+    def parse(self, argv: Sequence[str]) -> argparse.Namespace:
+        """``parse_args``, but unknown options are the error even where an argument is missing
+        too (usage error, exit status 2)."""
+        unknown = self.unknown_options(argv)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return self.parse_args(argv)
+
+
+def subcommand_parser(name: str, command: Subcommand) -> CommandParser:
     """The argument parser of ``lockfs NAME``, described by ``command``'s docstring (plain
     text: it is shown as is by ``--help``)."""
-    return argparse.ArgumentParser(
-        prog=f"lockfs {name}", description=inspect.cleandoc(command.__doc__ or "")
-    )
+    return CommandParser(prog=f"lockfs {name}", description=inspect.cleandoc(command.__doc__ or ""))
 
 
 def _add_timeout(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +145,21 @@ def run_subcommand(command: Subcommand, argv: Sequence[str]) -> int:
         return fail(f"internal error: {type(exc).__name__}: {exc} (please report this)")
 
 
+def _check_not_inside(mountpoint: str, command: str, prefix: str = "") -> None:
+    """Refuse a directory inside a lockfs mount, naming the mount and the command to run: a
+    daemon answers only for its mountpoint (and ``lockfs locks`` takes a path prefix)."""
+    path = resolve(mountpoint)
+    holding = mount_holding(path)
+    if holding is None or holding.fstype != FSTYPE or holding.mountpoint == path:
+        return
+    instead = f"lockfs {command} {holding.mountpoint}"
+    if command == "locks":
+        instead += " " + os.path.join(os.path.relpath(path, holding.mountpoint), prefix)
+    raise ControlError(
+        f"{path} is inside the lockfs mount at {holding.mountpoint}: run `{instead.rstrip('/')}`"
+    )
+
+
 def _device(mountpoint: str) -> int:
     """The device number of the lockfs mounted at ``mountpoint``, from the mount table (a stat
     of the mount would wait for a stuck daemon, or fail with ENOTCONN on a dead one)."""
@@ -102,6 +167,16 @@ def _device(mountpoint: str) -> int:
     if not entries or entries[-1].fstype != FSTYPE:
         raise ControlError(f"{mountpoint} is not a lockfs mount")
     return entries[-1].dev
+
+
+def describe_log(log: str) -> str:
+    """The status's ``log`` (where the daemon's next line goes) as ``lockfs status`` shows it:
+    a log file appears with its first line, so one that is not there yet is said to be empty
+    rather than named as if it could be read."""
+    path, space, rest = log.partition(" ")  # log files are named without spaces
+    if path.startswith("/") and not os.path.exists(path):
+        return f"{path} (nothing logged yet){space}{rest}"
+    return log
 
 
 def status_main(argv: Sequence[str]) -> int:
@@ -114,12 +189,13 @@ def status_main(argv: Sequence[str]) -> int:
     parser.add_argument("mountpoint")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     _add_timeout(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
+    _check_not_inside(args.mountpoint, "status")
     status = query_status(args.mountpoint, args.timeout)
     if args.json:
         print(json.dumps(status.to_json(), indent=2, sort_keys=True))
     else:
-        print(format_text(status))
+        print(format_text(dataclasses.replace(status, log=describe_log(status.log))))
     return 0
 
 
@@ -135,7 +211,8 @@ def locks_main(argv: Sequence[str]) -> int:
     parser.add_argument("prefix", nargs="?", default="", help="only paths starting with this")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     _add_timeout(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
+    _check_not_inside(args.mountpoint, "locks", args.prefix.strip("/"))
     dev = _device(args.mountpoint)
     locks = read_proc_locks(dev)
     inos = " ".join(str(ino) for ino in sorted({lock.ino for lock in locks}))
@@ -161,7 +238,8 @@ def metrics_main(argv: Sequence[str]) -> int:
     parser = subcommand_parser("metrics", metrics_main)
     parser.add_argument("mountpoint")
     _add_timeout(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
+    _check_not_inside(args.mountpoint, "metrics")
     status = query_status(args.mountpoint, args.timeout)
     sys.stdout.write(prometheus_text(status, read_proc_locks(_device(args.mountpoint))))
     return 0

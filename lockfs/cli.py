@@ -41,7 +41,15 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, logs, testing_hooks
-from .admin import EXIT_USAGE, SUBCOMMANDS, Subcommand, run_subcommand, subcommand_parser, summary
+from .admin import (
+    EXIT_USAGE,
+    SUBCOMMANDS,
+    CommandParser,
+    Subcommand,
+    run_subcommand,
+    subcommand_parser,
+    summary,
+)
 from .admin import fail as _fail
 from .heal import heal_main
 from .mounts import (
@@ -85,6 +93,10 @@ def mount_main(argv: Sequence[str]) -> int:
     Returns once the mount answers (exit status 0), or says why not and leaves no mount
     (exit status 1). mount -t fuse.lockfs, fstab and systemd mount units run this command.
     """
+    return _mount(_mount_parser().parse(argv))
+
+
+def _mount_parser() -> CommandParser:
     parser = subcommand_parser("mount", mount_main)
     parser.epilog = _OPTIONS_HELP
     parser.add_argument("source", nargs="?", default="lockfs", help="name shown in mount tables")
@@ -94,8 +106,7 @@ def mount_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "-d", "--debug", action="store_true", help="trace every request (implies -f)"
     )
-    args = parser.parse_args(argv)
-    return _mount(args)
+    return parser
 
 
 #: Every command by name: ``mount``, the admin commands of lockfs.admin.SUBCOMMANDS, and
@@ -150,8 +161,14 @@ def _not_a_mount(argv: Sequence[str]) -> str | None:
     if _carries_options(argv):
         return None
     words = _words(argv)
-    if not words:
-        return None  # options only: the mount parser says what is missing
+    if not words:  # options only: a mistyped one, or the mount parser says what is missing
+        unknown = _mount_parser().unknown_options(argv)
+        if unknown:
+            return (
+                f"unrecognized option {unknown[0]!r} (lockfs --help lists the commands, "
+                "lockfs mount --help the mount's options)"
+            )
+        return None
     first = words[0]
     if first in COMMANDS:
         return f"the command {first!r} must come first: lockfs {first} ..."
@@ -254,7 +271,7 @@ def _run(
             os.write(ready_fd, b"ready\n")
             hooks.at_startup_step("when-ready")
             os.close(ready_fd)
-            _detach_stdio(mountpoint, hooks)
+            _detach_stdio(mountpoint, hooks, debug=options.debug)
 
     try:
         daemon.serve(on_ready=ready)
@@ -264,10 +281,9 @@ def _run(
     return 0
 
 
-def _detach_stdio(mountpoint: str, hooks: TestHooks) -> None:
-    """Once ready, the daemon logs to syslog (or where lockfs.logs falls back to) and lets go
-    of the caller's terminal/pipes."""
-    debug = logging.getLogger().level == logging.DEBUG
+def _detach_stdio(mountpoint: str, hooks: TestHooks, *, debug: bool) -> None:
+    """Once ready, the daemon logs to syslog (or where lockfs.logs falls back to), tracing
+    every request if ``debug``, and lets go of the caller's terminal/pipes."""
     logs.detached(debug, mountpoint, **hooks.log_sockets())
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):

@@ -1,8 +1,15 @@
 """The control socket: a read-only window into a running daemon, outside the lock namespace.
 
 Each mount listens on ``/run/lockfs/<escaped mountpoint>.sock`` (directory mode 0700, socket
-0600: root only). A client sends one command line and reads one JSON document back; no
-command changes anything, so the socket cannot be used to disturb locks.
+0600: root only). A socket can only be bound by path, so the directory must be one only root
+can change (lockfs.rootfiles.private_dir): the daemon refuses to start otherwise. A client
+sends one command line and reads one JSON document back; no command changes anything, so the
+socket cannot be used to disturb locks.
+
+A flood of connections never ends the daemon: it answers at most :data:`MAX_CONNECTIONS` at
+once (the rest wait in the kernel's backlog), and an ``accept`` that fails (EMFILE, ENFILE,
+ENOBUFS, ENOMEM or anything else) is logged once per run of failures and tried again after
+:data:`ACCEPT_BACKOFF` seconds.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 
 import trio
 
+from . import rootfiles
 from .mounts import is_lockfs_mounted
 from .status import MountStatus
 
@@ -30,6 +38,10 @@ log = logging.getLogger(__name__)
 
 RUN_DIR = "/run/lockfs"
 MAX_REQUEST = 4096
+#: Connections answered at once; more wait in the listen backlog until one is done.
+MAX_CONNECTIONS = 64
+#: Seconds to wait before accepting again after accept() failed.
+ACCEPT_BACKOFF = 0.1
 
 
 def escape_path(path: str) -> str:
@@ -70,11 +82,11 @@ Handler = Callable[[str], Any]
 
 
 @contextlib.contextmanager
-def _run_dir_locked(run_dir: str) -> Iterator[None]:
+def run_dir_locked(run_dir: str) -> Iterator[None]:
     """An exclusive flock on the socket directory. Daemons hold it while they publish their
     socket (bind and listen) and while anyone removes sockets, so a socket that is bound but
     not yet listening (it refuses connections like a stale one) is never taken for stale."""
-    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -100,7 +112,9 @@ def _is_stale(path: str) -> bool:
     return False
 
 
-def _remove_stale(paths: Iterable[str]) -> list[str]:
+def remove_stale(paths: Iterable[str]) -> list[str]:
+    """Remove the sockets among ``paths`` whose daemon is gone (call it under
+    :func:`run_dir_locked`); a live daemon's socket is never removed. Returns what was."""
     removed = []
     for path in paths:
         if _is_stale(path):
@@ -110,26 +124,14 @@ def _remove_stale(paths: Iterable[str]) -> list[str]:
     return removed
 
 
-def remove_stale_sockets(paths: Iterable[str] | None = None, run_dir: str = RUN_DIR) -> list[str]:
-    """Remove the control sockets whose daemon is gone: all in ``run_dir``, or only ``paths``
-    (which must be in it). A live daemon's socket is never removed. Returns what was removed.
-    """
-    try:
-        with _run_dir_locked(run_dir):
-            if paths is None:
-                paths = [entry.path for entry in os.scandir(run_dir)]
-            return _remove_stale(paths)
-    except FileNotFoundError:  # no socket directory: no sockets
-        return []
-
-
 async def serve_control(
     path: str, handle: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Answer commands on ``path`` until cancelled.
 
     Started with ``nursery.start``: it reports started once the socket listens (or binding
-    failed, which is logged: the mount serves on without its control socket). First it
+    failed, which is logged: the mount serves on without its control socket; a directory that
+    is not root's alone is refused like that too, though the daemon checked it at start). It
     removes the sockets that killed daemons left in the directory (never a live one), and takes
     over ``path`` from an earlier daemon of the same mountpoint. On the way out the socket file
     is removed only if it is still this daemon's (a later mount at the same place may have
@@ -138,9 +140,9 @@ async def serve_control(
     run_dir = os.path.dirname(path)
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        os.makedirs(run_dir, mode=0o700, exist_ok=True)
-        with _run_dir_locked(run_dir):
-            stale = _remove_stale(entry.path for entry in os.scandir(run_dir))
+        os.close(rootfiles.private_dir(run_dir))  # created if missing, and root's alone
+        with run_dir_locked(run_dir):
+            stale = remove_stale(entry.path for entry in os.scandir(run_dir))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             old_umask = os.umask(0o177)
@@ -159,39 +161,68 @@ async def serve_control(
         log.info("removed the stale control socket %s (its daemon is gone)", removed)
     task_status.started()
     try:
-        async with trio.open_nursery() as nursery:
-            while True:
-                conn, _ = await listener.accept()
-                nursery.start_soon(_answer, conn, handle)
+        await _accept_forever(listener, path, handle)
     finally:
         listener.close()
-        with contextlib.suppress(OSError), _run_dir_locked(run_dir):
+        with contextlib.suppress(OSError), run_dir_locked(run_dir):
             current = os.stat(path)
             if (current.st_dev, current.st_ino) == (bound.st_dev, bound.st_ino):
                 os.unlink(path)
 
 
-async def _answer(conn: trio.socket.SocketType, handle: Handler) -> None:
-    with conn:
-        try:
-            with trio.fail_after(5):
-                request = b""
-                while b"\n" not in request and len(request) < MAX_REQUEST:
-                    chunk = await conn.recv(MAX_REQUEST)
-                    if not chunk:
-                        break
-                    request += chunk
-            command = request.decode(errors="replace").strip()
+async def _accept_forever(listener: trio.socket.SocketType, path: str, handle: Handler) -> None:
+    """Answer each connection in a task of its own, at most MAX_CONNECTIONS at once; accept()
+    errors never end this (see the module docstring)."""
+    slots = trio.Semaphore(MAX_CONNECTIONS)
+    failing = False
+    async with trio.open_nursery() as nursery:
+        while True:
+            await slots.acquire()
             try:
-                reply = {"ok": True, "result": handle(command)}
-            except Exception as exc:  # a bad command must not hurt the daemon
-                reply = {"ok": False, "error": str(exc)}
-            payload = json.dumps(reply).encode() + b"\n"
-            while payload:
-                sent = await conn.send(payload)
-                payload = payload[sent:]
-        except (OSError, trio.TooSlowError) as exc:
-            log.debug("control connection failed: %s", exc)
+                conn, _ = await listener.accept()
+            except OSError as exc:
+                slots.release()
+                if not failing:
+                    log.warning(
+                        "control socket %s: cannot accept connections: %s; trying again every %gs",
+                        path,
+                        exc.strerror or exc,
+                        ACCEPT_BACKOFF,
+                    )
+                    failing = True
+                await trio.sleep(ACCEPT_BACKOFF)
+                continue
+            if failing:
+                log.info("control socket %s: accepting connections again", path)
+                failing = False
+            nursery.start_soon(_answer, conn, handle, slots)
+
+
+async def _answer(conn: trio.socket.SocketType, handle: Handler, slots: trio.Semaphore) -> None:
+    """Answer one connection (at most 5 s for its request), then free its slot."""
+    try:
+        with conn:
+            try:
+                with trio.fail_after(5):
+                    request = b""
+                    while b"\n" not in request and len(request) < MAX_REQUEST:
+                        chunk = await conn.recv(MAX_REQUEST)
+                        if not chunk:
+                            break
+                        request += chunk
+                command = request.decode(errors="replace").strip()
+                try:
+                    reply = {"ok": True, "result": handle(command)}
+                except Exception as exc:  # a bad command must not hurt the daemon
+                    reply = {"ok": False, "error": str(exc)}
+                payload = json.dumps(reply).encode() + b"\n"
+                while payload:
+                    sent = await conn.send(payload)
+                    payload = payload[sent:]
+            except (OSError, trio.TooSlowError) as exc:
+                log.debug("control connection failed: %s", exc)
+    finally:
+        slots.release()
 
 
 class ControlError(Exception):
@@ -227,8 +258,8 @@ def query(mountpoint: str, command: str, timeout: float = 10.0, *, resolve: bool
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             try:
-                sock.connect(path)
-            except TimeoutError:  # its backlog is full: the daemon accepts no connections
+                _connect(sock, path, deadline)
+            except TimeoutError:  # its backlog stayed full: the daemon accepts no connections
                 raise
             except OSError as exc:
                 raise DaemonUnreachable(_unreachable(mountpoint, resolved, path, exc)) from None
@@ -244,6 +275,22 @@ def query(mountpoint: str, command: str, timeout: float = 10.0, *, resolve: bool
             f"the connection to the lockfs daemon of {mountpoint} failed: {exc.strerror}"
         ) from None
     return _result(mountpoint, data)
+
+
+def _connect(sock: socket.socket, path: str, deadline: float) -> None:
+    """Connect ``sock`` to ``path``, waiting while the daemon's listen backlog is full (a busy
+    or flooded daemon): with a timeout set, a UNIX socket's connect() then fails with EAGAIN
+    instead of waiting for room. TimeoutError once ``deadline`` passes."""
+    delay = 0.005
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() + delay > deadline:
+                raise TimeoutError from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 def _read_reply(sock: socket.socket, deadline: float) -> bytes:

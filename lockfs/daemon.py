@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 from collections.abc import Callable
 
 import pyfuse3
 import trio
 
-from . import request_loop
+from . import request_loop, rootfiles
 from .commands import ControlCommands
 from .control import serve_control, socket_path
 from .fuse_ops import LockOperations
@@ -27,6 +28,7 @@ from .metrics import keep_metrics_file
 from .mounts import FSTYPE, entries_at, is_busy, umount
 from .nodes import Limits, NodeTable, ReclaimPolicy
 from .options import MountOptions
+from .persist import DataMirror
 from .reclaimer import reclaim_loop
 from .testing_hooks import NO_HOOKS, TestHooks
 from .watchdog import Watchdog
@@ -40,6 +42,17 @@ SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (*SHUTDOWN_SIGNALS, signal.SIGHUP)
 #: How long the daemon waits for the invalidation thread at exit (it is idle or nearly done).
 INVALIDATOR_STOP_TIMEOUT = 2.0
+
+
+def raise_open_file_limit() -> None:
+    """Raise the soft limit on open files to the hard one: control connections, log sockets
+    and the metrics file then never run out of descriptors before the system allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open file limit from %d to %d: %s", soft, hard, exc)
 
 
 class Daemon:
@@ -62,6 +75,10 @@ class Daemon:
             policy=ReclaimPolicy(options.reclaim_delay, options.dir_grace),
             limits=Limits(options.max_entries, options.max_file_size, options.max_depth),
         )
+        #: Keeps data files across restarts (restored in :meth:`mount`), or None.
+        self.mirror: DataMirror | None = None
+        if options.data_dir is not None:
+            self.mirror = DataMirror(self.table, options.data_dir, self.mountpoint)
         self.ops = LockOperations(self.table, trace=options.debug)
         self.ops.fault_hook = hooks.request_hook()
         self.watchdog: Watchdog | None = None
@@ -84,20 +101,54 @@ class Daemon:
         self.invalidator = EntryInvalidator()
 
     def mount(self) -> None:
-        """Mount the filesystem (requests wait in the kernel until :meth:`serve` runs)."""
+        """Load the data kept from earlier mounts, then mount the filesystem (requests wait in
+        the kernel until :meth:`serve` runs).
+
+        Refused first, with the reason, when the control socket's directory is not root's
+        alone (lockfs.rootfiles.private_dir; created 0700 when missing).
+        """
+        os.close(rootfiles.private_dir(os.path.dirname(socket_path(self.mountpoint))))
+        raise_open_file_limit()
         request_loop.install()
-        pyfuse3.init(self.ops, self.mountpoint, self.options.fuse_options(self.fsname))
+        if self.mirror is not None:
+            self._restore(self.mirror)
+        try:
+            pyfuse3.init(self.ops, self.mountpoint, self.options.fuse_options(self.fsname))
+        except BaseException:
+            if self.mirror is not None:
+                self.mirror.close()
+            raise
         self._mounted = True
         # The caller holds the mountpoint claim, so the topmost lockfs here is this one.
         ours = [e for e in entries_at(self.mountpoint, resolve_path=False) if e.fstype == FSTYPE]
         self.mount_id = ours[-1].mount_id if ours else None
         log.info("mounted lockfs at %s", self.mountpoint)
 
+    def _restore(self, mirror: DataMirror) -> None:
+        mirror.open()
+        try:
+            restored = mirror.restore()
+        except BaseException:
+            mirror.close()
+            raise
+        if restored.files:
+            log.info(
+                "restored %d data files (%d bytes, %d directories) from %s",
+                restored.files,
+                restored.bytes,
+                restored.dirs,
+                mirror.path,
+            )
+
     def serve(self, on_ready: Callable[[], None] = lambda: None) -> None:
         """Serve requests until the filesystem is unmounted, then clean up."""
         try:
             trio.run(self._serve, on_ready)
         finally:
+            # Ending: a late SIGTERM has nothing left to do, and must not kill the exit (trio
+            # gave the signals their default action back; threads may not block them).
+            for signum in HANDLED_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
             if self.watchdog is not None:
                 self.watchdog.stop()
             self._close()
@@ -124,9 +175,13 @@ class Daemon:
             # Handlers never wait, so one worker task serves every request in turn (more
             # tasks would only add scheduling); request_loop spares it most scheduler passes.
             await pyfuse3.main(min_tasks=1, max_tasks=1)
+            # Blocked again before trio gives the signals their default action back.
+            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
             if self.watchdog is not None:
                 self.watchdog.stop()
             self._session_ended = True
+            if self.mirror is not None:  # no request comes any more: a new mount may take it
+                self.mirror.close()
             log.info("FUSE session ended")
             nursery.cancel_scope.cancel()
 
@@ -216,4 +271,6 @@ class Daemon:
             log.warning("an entry invalidation is still blocked in the kernel")
         else:
             pyfuse3.close(unmount=False)
+        if self.mirror is not None:
+            self.mirror.close()
         log.info("lockfs at %s stopped", self.mountpoint)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from .mounts import is_lockfs_mounted, umount
+from .mounts import entries_at, is_lockfs_mounted, resolve, umount
 
 T = TypeVar("T")
 
@@ -81,6 +81,11 @@ class ServerProcess:
         **popen: object,
     ) -> None:
         self.mountpoint = str(mountpoint)
+        #: The mounts at the mountpoint before the server started: any other is the server's.
+        #: (Read now, while the path is a plain directory: resolving it later would stat the
+        #: mount, which waits for a stuck server.)
+        self._resolved = resolve(mountpoint)
+        self._mounts_before = {e.mount_id for e in entries_at(self._resolved, resolve_path=False)}
         self.log_path = str(log_path)
         self.mounted = mounted
         self.name = name
@@ -129,18 +134,29 @@ class ServerProcess:
         lockfs unmounts on SIGTERM only once nothing is open on the mount, and refuses (keeps
         serving) otherwise. Processes that were just killed close their files at exit, but
         the RELEASE requests may still be queued when the first SIGTERM arrives, so SIGTERM
-        is sent again every :data:`TERM_RETRY` seconds until the deadline."""
+        is sent again every :data:`TERM_RETRY` seconds until the deadline, as long as the
+        server's mount is still there: once it is gone the server is on its way out, and a
+        second SIGTERM (its handler gone) would kill it instead of letting it exit."""
         deadline = time.monotonic() + timeout
+        signalled = False
         while self.proc.poll() is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 self.proc.kill()
                 self.proc.wait()
                 return False
-            self.proc.send_signal(signal.SIGTERM)
+            if not signalled or self._still_mounted():
+                self.proc.send_signal(signal.SIGTERM)
+                signalled = True
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=min(TERM_RETRY, left))
         return True
+
+    def _still_mounted(self) -> bool:
+        """Whether a mount that appeared since the server started is still at its mountpoint
+        (read from the mount table: never waits for the server)."""
+        mounts = {e.mount_id for e in entries_at(self._resolved, resolve_path=False)}
+        return bool(mounts - self._mounts_before)
 
     def close_log(self) -> None:
         self._log_file.close()

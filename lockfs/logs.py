@@ -3,33 +3,40 @@
 A daemon in the foreground (``-f``) logs to stderr. A detached daemon has no terminal: each
 record goes to the first of these destinations that takes it, tried again for every record:
 
-1. syslog: the datagram socket ``/dev/log`` (journald's or rsyslog's);
+1. syslog: the datagram socket ``/dev/log`` (journald's or rsyslog's), through the standard
+   library's ``SysLogHandler``;
 2. the journal's native socket ``/run/systemd/journal/socket`` (when ``/dev/log`` is missing,
-   e.g. in a container or early at boot);
+   e.g. in a container or early at boot): :class:`Journal`, the same handler sending the
+   native protocol's fields instead of a syslog line;
 3. a file, ``/run/lockfs/<escaped mountpoint>.log`` (directory 0700, file 0600: root only),
-   rotated at :data:`MAX_FILE_BYTES` with one older copy (``.log.1``).
+   the standard library's ``RotatingFileHandler`` opening and rotating only through the
+   directory's descriptor (lockfs.rootfiles): at :data:`MAX_FILE_BYTES` it becomes ``.log.1``
+   (replacing the older copy).
 
 Because the order is tried per record, a syslog that goes away later (a stopped journal, a
 restarted rsyslog) costs no line: it lands in the next destination, and once syslog answers
-again it is used again. Every destination writes each record with one system call before
-``emit`` returns, so a record is out of the process once it has been logged (the hang watchdog
-relies on that before it ends the process). :func:`destination` says where the next record
-goes, for ``lockfs status``.
+again it is used again. Every destination has written a record before ``emit`` returns (nothing
+stays buffered in the process: the hang watchdog relies on that before it ends the process),
+and a send to a congested socket gives up after :data:`SEND_TIMEOUT`. Emitting never raises: a
+destination that fails passes the record on, and a bad log call (``log.info("%d", "x")``) is
+logged as such instead of raising into the code that made it. :func:`destination` says where
+the next record goes, for ``lockfs status``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
+import io
 import logging
+import logging.handlers
 import os
 import socket
 import struct
 import sys
-from typing import Protocol
+from typing import Protocol, TextIO
 
-from . import control
+from . import control, rootfiles
 
 SYSLOG_SOCKET = "/dev/log"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -41,19 +48,7 @@ MAX_MESSAGE_BYTES = 48 << 10
 #: the next destination instead.
 SEND_TIMEOUT = 1.0
 IDENTIFIER = "lockfs"
-LOG_DAEMON = 3  # syslog facility
-
-_SEVERITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6}
-_PLAIN = logging.Formatter("%(message)s")
-_STAMPED = logging.Formatter("%(asctime)s lockfs[%(process)d] %(levelname)s: %(message)s")
-
-
-def severity(levelno: int) -> int:
-    """The syslog severity of a logging level (debug 7 … critical 2)."""
-    for level, value in _SEVERITY.items():
-        if levelno >= level:
-            return value
-    return 7
+_STAMPED = "%(asctime)s lockfs[%(process)d] %(levelname)s: %(message)s"
 
 
 def log_path(mountpoint: str) -> str:
@@ -65,104 +60,110 @@ def log_path(mountpoint: str) -> str:
     return os.path.join(control.RUN_DIR, name + ".log")
 
 
-def _cut(text: str) -> bytes:
-    data = text.encode(errors="backslashreplace")
-    if len(data) > MAX_MESSAGE_BYTES:
-        data = data[:MAX_MESSAGE_BYTES] + b"\n[cut: record too long]"
-    return data
+class _Formatter(logging.Formatter):
+    """Text every destination takes: valid UTF-8 (what cannot be encoded, such as undecodable
+    bytes of a path, as backslash escapes) of at most :data:`MAX_MESSAGE_BYTES`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = super().format(record).encode(errors="backslashreplace")
+        if len(data) > MAX_MESSAGE_BYTES:
+            data = data[:MAX_MESSAGE_BYTES] + b"\n[cut: record too long]"
+        return data.decode(errors="ignore")
 
 
 class Destination(Protocol):
-    """One place log records can go. ``send`` raises OSError when it cannot take one."""
+    """One place log records can go: a handler whose ``emit`` raises when it cannot take one."""
 
     #: How ``lockfs status`` names it.
     description: str
 
-    def send(self, record: logging.LogRecord) -> None: ...
+    def emit(self, record: logging.LogRecord) -> None: ...
 
     def available(self) -> bool: ...
 
+    def close(self) -> None: ...
 
-class _UnixDatagram:
-    """A lazily connected datagram socket that reconnects once when a send fails."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._sock: socket.socket | None = None
+class _Raising(logging.Handler):
+    """A standard handler whose failures reach the fallback chain: the standard ``emit``
+    catches every error and calls ``handleError``, which here raises it again (instead of
+    printing it to stderr, which a detached daemon does not have)."""
 
-    def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(SEND_TIMEOUT)
-        try:
-            sock.connect(self.path)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+    def handleError(self, record: logging.LogRecord) -> None:
+        raise  # the error ``emit`` is handling
 
-    def send_bytes(self, data: bytes) -> None:
-        for attempt in (1, 2):
-            if self._sock is None:
-                self._sock = self._connect()
-            try:
-                self._sock.send(data)
-                return
-            except OSError as exc:  # the reader went away (or timed out): start afresh
-                self.close()
-                if attempt == 2 or exc.errno == errno.EMSGSIZE:
-                    raise
+
+class _Datagrams(_Raising, logging.handlers.SysLogHandler):
+    """The standard syslog handler on a local datagram socket whose sends time out after
+    :data:`SEND_TIMEOUT` (it connects lazily and reconnects once when a send fails)."""
+
+    append_nul = False
+    #: Set by the standard handler (not in its type stubs); None only once closed.
+    socket: socket.socket
+
+    def __init__(self, path: str, description: str) -> None:
+        super().__init__(path, facility=self.LOG_DAEMON, socktype=socket.SOCK_DGRAM)
+        self.description = description
+
+    def _connect_unixsocket(self, address: str) -> None:
+        super()._connect_unixsocket(address)  # type: ignore[misc]  # not in the type stubs
+        self.socket.settimeout(SEND_TIMEOUT)
 
     def available(self) -> bool:
-        try:
-            if self._sock is None:
-                self._sock = self._connect()
-        except OSError:
-            return False
+        if self.socket is None or self.socket.fileno() < 0:
+            try:
+                self._connect_unixsocket(self.address)  # type: ignore[arg-type]
+            except OSError:
+                return False
         return True
 
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
 
-
-class Syslog(_UnixDatagram):
+class Syslog(_Datagrams):
     """RFC 3164 lines (``<PRI>lockfs[PID]: message``) to the syslog socket; the receiver adds
     the time and host."""
 
     def __init__(self, path: str = SYSLOG_SOCKET) -> None:
-        super().__init__(path)
-        self.description = f"syslog ({path})"
-
-    def send(self, record: logging.LogRecord) -> None:
-        priority = LOG_DAEMON * 8 + severity(record.levelno)
-        head = f"<{priority}>{IDENTIFIER}[{record.process}]: "
-        self.send_bytes(_cut(head + _PLAIN.format(record)))
+        super().__init__(path, f"syslog ({path})")
+        self.ident = IDENTIFIER
+        self.setFormatter(_Formatter("[%(process)d]: %(message)s"))
 
 
-class Journal(_UnixDatagram):
+class Journal(_Datagrams):
     """systemd's native journal protocol: one datagram of ``KEY=value`` fields per record,
     multi-line values (tracebacks) as ``KEY``, newline, 64-bit little-endian length, value."""
 
     def __init__(self, path: str = JOURNAL_SOCKET, mountpoint: str = "") -> None:
-        super().__init__(path)
-        self.description = f"journal ({path})"
+        super().__init__(path, f"journal ({path})")
         self.mountpoint = mountpoint
+        self.setFormatter(_Formatter("%(message)s"))
 
-    def send(self, record: logging.LogRecord) -> None:
-        fields = {
-            "MESSAGE": _cut(_PLAIN.format(record)),
-            "PRIORITY": str(severity(record.levelno)).encode(),
-            "SYSLOG_IDENTIFIER": IDENTIFIER.encode(),
-            "SYSLOG_FACILITY": str(LOG_DAEMON).encode(),
-            "SYSLOG_PID": str(record.process).encode(),
-            "CODE_FILE": record.pathname.encode(errors="backslashreplace"),
-            "CODE_LINE": str(record.lineno).encode(),
-            "CODE_FUNC": record.funcName.encode(errors="backslashreplace"),
-            "LOGGER": record.name.encode(errors="backslashreplace"),
-            "LOCKFS_MOUNTPOINT": os.fsencode(self.mountpoint),
-        }
-        self.send_bytes(encode_journal_fields(fields))
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            priority = self.priority_names[self.mapPriority(record.levelname)]
+            datagram = encode_journal_fields(
+                {
+                    "MESSAGE": self.format(record).encode(),
+                    "PRIORITY": str(priority).encode(),
+                    "SYSLOG_IDENTIFIER": IDENTIFIER.encode(),
+                    "SYSLOG_FACILITY": str(self.facility).encode(),
+                    "SYSLOG_PID": str(record.process).encode(),
+                    "CODE_FILE": record.pathname.encode(errors="backslashreplace"),
+                    "CODE_LINE": str(record.lineno).encode(),
+                    "CODE_FUNC": record.funcName.encode(errors="backslashreplace"),
+                    "LOGGER": record.name.encode(errors="backslashreplace"),
+                    "LOCKFS_MOUNTPOINT": os.fsencode(self.mountpoint),
+                }
+            )
+            if self.socket is None:
+                self.createSocket()
+            try:
+                self.socket.send(datagram)
+            except OSError:  # the journal restarted (or was not there): reconnect once
+                self.socket.close()
+                self._connect_unixsocket(self.address)  # type: ignore[arg-type]
+                self.socket.send(datagram)
+        except Exception:
+            self.handleError(record)
 
 
 def encode_journal_fields(fields: dict[str, bytes]) -> bytes:
@@ -176,60 +177,89 @@ def encode_journal_fields(fields: dict[str, bytes]) -> bytes:
     return b"".join(out)
 
 
-class RotatingFile:
-    """Timestamped lines appended to a root-only file; when it would pass ``max_bytes`` it
-    becomes ``PATH.1`` (replacing the older copy) and a new file is started."""
+class RotatingFile(_Raising, logging.handlers.RotatingFileHandler):
+    """Timestamped lines appended to a root-only file in a root-only directory; when it would
+    pass ``max_bytes`` it becomes ``PATH.1`` (replacing the older copy) and a new file is
+    started. The file is opened and renamed only through the descriptor of its directory,
+    which must be one only root can change (lockfs.rootfiles.private_dir), never through a
+    symlink."""
 
     def __init__(self, path: str, max_bytes: int = MAX_FILE_BYTES) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
+        super().__init__(
+            path,
+            maxBytes=max_bytes,
+            backupCount=1,
+            encoding="utf-8",
+            delay=True,
+            errors="backslashreplace",
+        )
         self.description = path
-        self._fd: int | None = None
-        self._size = 0
+        self.setFormatter(_Formatter(_STAMPED))
 
-    def _open(self) -> int:
-        if self._fd is None:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-            self._fd = os.open(self.path, flags, 0o600)
-            self._size = os.fstat(self._fd).st_size
-        return self._fd
+    def _open(self) -> io.TextIOWrapper:
+        directory, name = os.path.split(self.baseFilename)
+        dir_fd = rootfiles.private_dir(directory)
+        try:
+            fd = rootfiles.open_append(dir_fd, name, 0o600)
+        finally:
+            os.close(dir_fd)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
-    def send(self, record: logging.LogRecord) -> None:
-        data = _cut(_STAMPED.format(record)) + b"\n"
-        fd = self._open()
-        if self._size and self._size + len(data) > self.max_bytes:
-            os.replace(self.path, self.path + ".1")
-            self.close()
-            fd = self._open()
-        os.write(fd, data)
-        self._size += len(data)
+    def shouldRollover(self, record: logging.LogRecord) -> int:
+        if self.stream is None:
+            self.stream = self._open()
+        size = os.fstat(self.stream.fileno()).st_size
+        added = len(self.format(record).encode()) + len(self.terminator)
+        return int(size > 0 and size + added > self.maxBytes)
+
+    def doRollover(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        directory, name = os.path.split(self.baseFilename)
+        dir_fd = rootfiles.private_dir(directory)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(name, name + ".1", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        self.stream = self._open()
 
     def available(self) -> bool:
         return True
 
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
-
-class Stderr:
+class Stderr(_Raising, logging.StreamHandler[TextIO]):
     """The foreground daemon's (or a starting daemon's) stderr."""
 
     description = "stderr"
 
-    def send(self, record: logging.LogRecord) -> None:
-        stream = sys.stderr
-        stream.write(_STAMPED.format(record) + "\n")
-        stream.flush()
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(_Formatter(_STAMPED))
 
     def available(self) -> bool:
         return True
 
 
+def _formattable(record: logging.LogRecord) -> logging.LogRecord:
+    """``record``, or if its message and arguments do not format (a bad log call), a copy
+    whose message shows the call, so that the line is neither lost nor raises."""
+    try:
+        record.getMessage()
+        return record
+    except Exception as exc:
+        copy = logging.makeLogRecord(record.__dict__)
+        try:
+            call = f"{record.msg!r} % {record.args!r}"
+        except Exception:
+            call = "(unprintable arguments)"
+        copy.msg, copy.args = "bad log call %s: %s: %s", (call, type(exc).__name__, exc)
+        return copy
+
+
 class FallbackHandler(logging.Handler):
-    """Hands every record to the first destination that takes it."""
+    """Hands every record to the first destination that takes it. Never raises."""
 
     def __init__(self, destinations: list[Destination]) -> None:
         super().__init__()
@@ -238,15 +268,19 @@ class FallbackHandler(logging.Handler):
         self.used: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        for dest in self.destinations:
-            try:
-                dest.send(record)
-            except (OSError, ValueError):
-                continue
-            if dest.description not in self.used:
-                self.used.append(dest.description)
+        try:
+            record = _formattable(record)
+            for dest in self.destinations:
+                try:
+                    dest.emit(record)
+                except Exception:
+                    continue
+                if dest.description not in self.used:
+                    self.used.append(dest.description)
+                return
+            # Nowhere to go (not even the file under /run): there is nothing left to tell.
+        except Exception:  # logging must never fail the code that logs
             return
-        # Nowhere to go (not even the file under /run): there is nothing left to tell.
 
     def destination(self) -> str:
         """Where the next record goes (the first destination that is available now), and
@@ -260,9 +294,8 @@ class FallbackHandler(logging.Handler):
 
     def close(self) -> None:
         for dest in self.destinations:
-            close = getattr(dest, "close", None)
-            if close is not None:
-                close()
+            with contextlib.suppress(Exception):
+                dest.close()
         super().close()
 
 

@@ -1,20 +1,21 @@
 """Counters in Prometheus text format (`lockfs metrics`, node-exporter textfile collector).
 
 Which status field becomes which metric is declared on the field (lockfs.status); this module
-only renders, and keeps the metrics file current.
+only renders, and keeps the metrics file current (written as lockfs.rootfiles writes files as
+root: never through a symlink).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable, Mapping
 
 import trio
 
-from .locks import KernelLock, read_proc_locks
+from . import rootfiles
+from .linux import KernelLock, read_proc_locks
 from .status import Metric, MountStatus, metric_of
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,8 @@ def prometheus_text(status: MountStatus, locks: list[KernelLock] | None = None) 
     return "\n".join(out) + "\n"
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Replace ``path`` so a collector never reads a half-written file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
+#: The metrics file's mode: node-exporter (another user) reads it.
+METRICS_FILE_MODE = 0o644
 
 
 async def keep_metrics_file(
@@ -78,12 +75,23 @@ async def keep_metrics_file(
 ) -> None:
     """Rewrite the metrics file every ``interval`` seconds (and at once), until cancelled.
 
-    ``device`` gives the mount's device number, for its locks in /proc/locks; a failure is
-    logged and tried again at the next interval.
+    The file is replaced atomically through its directory's descriptor, never through a
+    symlink (lockfs.rootfiles.replace_file): the directory usually belongs to node-exporter's
+    user, who must not be able to redirect root's write. ``device`` gives the mount's device
+    number, for its locks in /proc/locks. A failure is logged once (again only when its reason
+    changes), tried again at every interval, and its end is logged too.
     """
+    failure: str | None = None
     while True:
         try:
-            write_atomically(path, prometheus_text(status(), read_proc_locks(device())))
+            text = prometheus_text(status(), read_proc_locks(device()))
+            rootfiles.replace_file(path, text.encode(), METRICS_FILE_MODE)
         except OSError as exc:
-            log.error("cannot write metrics to %s: %s", path, exc)
+            if str(exc) != failure:
+                log.error("cannot write metrics to %s: %s", path, exc)
+                failure = str(exc)
+        else:
+            if failure is not None:
+                log.info("metrics written again to %s", path)
+                failure = None
         await trio.sleep(interval)

@@ -10,13 +10,13 @@ mountpoint, so two lockfs processes racing for one directory cannot both pass th
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
 import stat
 from dataclasses import dataclass
+
+from .linux import umount2
 
 FSTYPE = "fuse.lockfs"
 
@@ -81,6 +81,17 @@ def entries_at(path: str | os.PathLike[str], *, resolve_path: bool = True) -> li
     """The mounts exactly at ``path``, the covered ones first and the visible one last."""
     target = resolve(path) if resolve_path else os.fspath(path)
     return [entry for entry in mount_table() if entry.mountpoint == target]
+
+
+def mount_holding(path: str) -> MountEntry | None:
+    """The mount that ``path`` (absolute, resolved) lies in: of the mounts at ``path`` or at a
+    directory above it, the one mounted last (it covers the others, or lies inside them)."""
+    holding = None
+    for entry in mount_table():
+        top = entry.mountpoint.rstrip("/") + "/"
+        if path == entry.mountpoint or path.startswith(top):
+            holding = entry
+    return holding
 
 
 def mounts_at(path: str | os.PathLike[str], *, resolve_path: bool = True) -> list[str]:
@@ -244,16 +255,9 @@ def _fuse_device_problem(exc: OSError) -> str:
     return problem
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-MNT_DETACH = 2
-
-
-def umount(path: str, *, lazy: bool = False) -> None:
-    """umount2(2); a busy mount raises ``OSError(EBUSY)`` unless ``lazy``."""
-    flags = MNT_DETACH if lazy else 0
-    if _libc.umount2(os.fsencode(path), flags) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"umount {path}: {os.strerror(code)}")
+def umount(path: str) -> None:
+    """umount2(2), never lazily: a busy mount raises ``OSError(EBUSY)``."""
+    umount2(path)
 
 
 def is_busy(exc: OSError) -> bool:

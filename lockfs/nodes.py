@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple, NoReturn
+from typing import NamedTuple, NoReturn, Protocol
 
 ROOT_INO = 1
 NAME_MAX = 255
@@ -54,7 +54,8 @@ class FsError(Exception):
 
 @dataclass(slots=True, eq=False)
 class Node:
-    """One inode. ``parent`` is ``None`` once the node has no name (unlinked, still referenced).
+    """One inode. ``parent`` is ``None`` once the node has no name (unlinked, still referenced);
+    ``name`` then holds the path it had when it was unlinked (``lockfs locks`` shows it).
 
     ``lookups`` mirrors the kernel's lookup count for this node id (LOOKUP, CREATE, MKDIR,
     MKNOD and readdirplus entries add one, FORGET subtracts); ``opens`` counts open handles.
@@ -95,7 +96,7 @@ class Node:
         return 2 + self.subdirs if self.children is not None else 1
 
     def path(self) -> bytes:
-        """The node's path relative to the mount root; just its last name once unlinked."""
+        """The node's path relative to the mount root; once unlinked, the path it had then."""
         parts: list[bytes] = []
         node: Node | None = self
         while node is not None and node.ino != ROOT_INO:
@@ -150,6 +151,33 @@ class TableStats:
     invalidations: int = 0
 
 
+class DataObserver(Protocol):
+    """Told of every change to what a regular file holds, and to its name, owner, mode or
+    mtime, and of a directory's name, owner and mode (lockfs.persist keeps data files across
+    restarts with it). Each method runs once the table has checked the request and before it
+    changes anything: an :class:`FsError` it raises fails the request with nothing changed.
+    ``mtime_ns`` and the attributes are the values the node will have (None: unchanged)."""
+
+    def write(self, node: Node, offset: int, buf: bytes, mtime_ns: int) -> None: ...
+
+    def setattr(
+        self,
+        node: Node,
+        *,
+        size: int | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> None: ...
+
+    def unlink(self, node: Node) -> None: ...
+
+    def rename(
+        self, node: Node, target: Node | None, new_parent: Node, new_name: bytes, exchange: bool
+    ) -> None: ...
+
+
 def _check_name(name: bytes) -> None:
     if len(name) > NAME_MAX:
         raise FsError(errno.ENAMETOOLONG)
@@ -187,6 +215,8 @@ class NodeTable:
         # move-to-end and pop-oldest.
         self._idle_files: OrderedDict[Node, None] = OrderedDict()
         self._idle_dirs: OrderedDict[Node, None] = OrderedDict()
+        #: Told of data changes before they are made (lockfs.persist), or None.
+        self.observer: DataObserver | None = None
         self.root = self._new_node(stat.S_IFDIR | (root_mode & 0o7777), root_uid, root_gid)
         self.root.parent = self.root
 
@@ -321,8 +351,11 @@ class NodeTable:
         )
 
     def _unlink_node(self, node: Node) -> None:
-        """Detach a name on a process's request; the node lives on while referenced."""
+        """Detach a name on a process's request; the node lives on while referenced, and
+        keeps its former path as its name."""
+        former_path = node.path()
         self._detach(node)
+        node.name = former_path
         node.ctime_ns = self._now_ns()
         self._remove_if_unreferenced(node)
 
@@ -561,6 +594,8 @@ class NodeTable:
         node = self.child(parent_ino, name)
         if node.children is not None:
             raise FsError(errno.EISDIR)
+        if self.observer is not None:
+            self.observer.unlink(node)
         self._unlink_node(node)
         assert node.parent is None
         self._modified(self._dir(parent_ino))
@@ -602,6 +637,8 @@ class NodeTable:
             if target.children is not None and self._is_ancestor(target, old_parent):
                 raise FsError(errno.EINVAL)
             if target is not node:
+                if self.observer is not None:
+                    self.observer.rename(node, target, new_parent, new_name, True)
                 self._detach(node)
                 self._detach(target)
                 self._attach(new_parent, new_name, node)
@@ -621,6 +658,9 @@ class NodeTable:
                         raise FsError(errno.ENOTEMPTY)
                 elif target.children is not None:
                     raise FsError(errno.EISDIR)
+            if self.observer is not None:
+                self.observer.rename(node, target, new_parent, new_name, False)
+            if target is not None:
                 self._unlink_node(target)
             self._detach(node)
             self._attach(new_parent, new_name, node)
@@ -718,25 +758,38 @@ class NodeTable:
             return 0
         if offset + len(buf) > self.limits.max_file_size:
             raise FsError(errno.EFBIG)
+        now = self._now_ns()
+        if self.observer is not None:
+            self.observer.write(node, offset, buf, now)
         data = node.data
         if data is None:
             data = node.data = bytearray()
         if offset > len(data):
             data.extend(bytes(offset - len(data)))
         data[offset : offset + len(buf)] = buf
-        node.mtime_ns = node.ctime_ns = self._now_ns()
+        node.mtime_ns = node.ctime_ns = now
         self._touch(node)
         return len(buf)
 
     def _truncate(self, node: Node, size: int) -> None:
-        """Set a regular file's size (SETATTR size, OPEN with O_TRUNC); data is never kept for
-        an empty file, so emptying it makes it idle again."""
+        """Set a regular file's size (OPEN with O_TRUNC)."""
+        self._check_size(node, size)
+        now = self._now_ns()
+        if self.observer is not None:
+            self.observer.setattr(node, size=size, mtime_ns=now)
+        self._set_size(node, size, now)
+
+    def _check_size(self, node: Node, size: int) -> None:
         if node.children is not None:
             raise FsError(errno.EISDIR)
         if size < 0:
             raise FsError(errno.EINVAL)
         if size > self.limits.max_file_size:
             raise FsError(errno.EFBIG)
+
+    def _set_size(self, node: Node, size: int, now: int) -> None:
+        """Set a checked size; data is never kept for an empty file, so emptying it makes it
+        idle again."""
         if size == 0:
             node.data = None
         else:
@@ -746,7 +799,7 @@ class NodeTable:
             else:
                 data.extend(bytes(size - len(data)))
             node.data = data
-        node.mtime_ns = node.ctime_ns = self._now_ns()
+        node.mtime_ns = node.ctime_ns = now
         self._touch(node)
 
     def setattr(
@@ -762,8 +815,20 @@ class NodeTable:
     ) -> Node:
         """Change attributes (the kernel already checked permissions: default_permissions)."""
         node = self.get(ino)
+        now = self._now_ns()
         if size is not None:
-            self._truncate(node, size)
+            self._check_size(node, size)
+        if self.observer is not None:
+            self.observer.setattr(
+                node,
+                size=size,
+                mode=None if mode is None else mode & 0o7777,
+                uid=uid,
+                gid=gid,
+                mtime_ns=mtime_ns if mtime_ns is not None or size is None else now,
+            )
+        if size is not None:
+            self._set_size(node, size, now)
         if mode is not None:
             node.mode = stat.S_IFMT(node.mode) | (mode & 0o7777)
         if uid is not None:
@@ -774,7 +839,7 @@ class NodeTable:
             node.atime_ns = atime_ns
         if mtime_ns is not None:
             node.mtime_ns = mtime_ns
-        node.ctime_ns = self._now_ns()
+        node.ctime_ns = now
         self._touch(node)
         return node
 

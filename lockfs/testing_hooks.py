@@ -1,9 +1,9 @@
 """The one seam through which the test suite makes lockfs fail on demand.
 
-``lockfs`` reads the environment variable ``LOCKFS_TEST_HOOKS`` once, when the mount command
-starts (:func:`from_environment`), and hands the result to the code that acts on it; nothing
-else in lockfs looks at the environment for test purposes. Production never sets it. Its value
-is a comma-separated list of hooks:
+``lockfs`` reads the environment variable ``LOCKFS_TEST_HOOKS`` once, when the mount or the
+switch-over command starts (:func:`from_environment`), and hands the result to the code that
+acts on it; nothing else in lockfs looks at the environment for test purposes. Production
+never sets it. Its value is a comma-separated list of hooks:
 
 ``fault-entry``
     Any request that names an entry called ``__lockfs_fault__`` raises inside its handler, so a
@@ -25,6 +25,10 @@ is a comma-separated list of hooks:
 ``syslog=PATH``, ``journal=PATH``
     A detached daemon uses these sockets instead of ``/dev/log`` and the journal's native
     socket (lockfs.logs), so a test can take them away or stand in for them.
+``switch-over-pause=STEP``
+    ``lockfs switch-over`` stops at STEP (one of :data:`SWITCH_OVER_STEPS`), says so in one
+    line on stderr and goes on once it reads a line on stdin: a test changes the tree at that
+    moment, as a racing process could, and the race is deterministic.
 
 An unknown hook is an error (the command refuses to start), so a test never silently runs
 without the failure it asked for. To add a hook: a field on :class:`TestHooks`, a branch in
@@ -36,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -55,6 +60,11 @@ STARTUP_FAULTS = {
     "term-after-mount": ("after-mount", signal.SIGTERM),
     "kill-when-ready": ("when-ready", signal.SIGKILL),
 }
+
+#: ``switch-over-pause=STEP``: ``checked`` (everything checked, nothing changed yet),
+#: ``before-copy`` (the old directory moved aside and checked again, lockfs mounted in its
+#: place, no data carried yet).
+SWITCH_OVER_STEPS = ("checked", "before-copy")
 
 #: Called at the start of every request handler with the handler's name and arguments.
 RequestHook = Callable[[str, tuple[Any, ...]], None]
@@ -77,6 +87,7 @@ class TestHooks:
     startup: str | None = None
     syslog_socket: str | None = None
     journal_socket: str | None = None
+    switch_over_pause: str | None = None
 
     def request_hook(self) -> RequestHook | None:
         """What the request handlers call first, or None when no request hook is set."""
@@ -111,6 +122,13 @@ class TestHooks:
             at, signum = STARTUP_FAULTS[self.startup]
             if at == step:
                 os.kill(os.getpid(), signum)
+
+    def at_switch_over_step(self, step: str) -> None:
+        """Pause the switch-over here if ``switch-over-pause=`` names this step: one line on
+        stderr, then wait for a line on stdin."""
+        if self.switch_over_pause == step:
+            print(f"lockfs switch-over: paused at {step}", file=sys.stderr, flush=True)
+            sys.stdin.readline()
 
 
 #: No hooks: what production runs with.
@@ -151,6 +169,8 @@ def parse(value: str) -> TestHooks:
             hooks = replace(hooks, **flags)
         elif name == "startup" and arg in STARTUP_FAULTS:
             hooks = replace(hooks, startup=arg)
+        elif name == "switch-over-pause" and arg in SWITCH_OVER_STEPS:
+            hooks = replace(hooks, switch_over_pause=arg)
         elif name in ("syslog", "journal") and arg.startswith("/"):
             sockets: dict[str, Any] = {f"{name}_socket": arg}
             hooks = replace(hooks, **sockets)

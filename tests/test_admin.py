@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from support import Daemons, Mount, run_lockfs
 
-from lockfs.control import socket_path
+from lockfs.control import RUN_DIR, run_dir_locked, socket_path
 
 COMMANDS = ("status", "locks", "metrics")
 TIMEOUT = "0.5"
@@ -168,8 +168,12 @@ def test_missing_or_refusing_socket_is_exit_status_1(mnt: Mount) -> None:
             result = run_lockfs(command, mnt, "--timeout", TIMEOUT)
             assert_clean_failure(result, 1, f"no lockfs daemon answers for {mnt.path}")
             assert "No such file or directory" in result.stderr
-        # A socket file nobody listens on: connect is refused.
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:
+        # A socket file nobody listens on: connect is refused. The socket directory's lock
+        # keeps a daemon that starts meanwhile from removing it as stale.
+        with (
+            run_dir_locked(RUN_DIR),
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound,
+        ):
             bound.bind(path)
             for command in COMMANDS:
                 result = run_lockfs(command, mnt, "--timeout", TIMEOUT)
@@ -184,3 +188,19 @@ def test_a_dead_mount_and_a_plain_directory(daemons: Daemons, tmp_path: Path) ->
     for command in COMMANDS:
         result = run_lockfs(command, tmp_path, "--timeout", TIMEOUT)
         assert_clean_failure(result, 1, f"{tmp_path} is not a lockfs mount")
+
+
+def test_a_directory_inside_a_mount_names_the_mount(mnt: Mount) -> None:
+    """An administrator who points a command at a directory of the lock tree is told which
+    mount it belongs to and what to run instead, not that it "is not a lockfs mount"."""
+    (mnt / "store1/ns").mkdir(parents=True)
+    inside = mnt / "store1/ns"
+    for command, instead in (
+        ("status", f"lockfs status {mnt.path}"),
+        ("metrics", f"lockfs metrics {mnt.path}"),
+        ("locks", f"lockfs locks {mnt.path} store1/ns"),
+    ):
+        result = run_lockfs(command, inside, "--timeout", TIMEOUT)
+        assert_clean_failure(
+            result, 1, f"{inside} is inside the lockfs mount at {mnt.path}: run `{instead}`"
+        )

@@ -6,7 +6,8 @@ import os
 from typing import Any
 
 from lockfs.humanize import format_duration
-from lockfs.locks import lock_rows, parse_proc_locks
+from lockfs.linux import parse_proc_locks
+from lockfs.locks import lock_rows
 from lockfs.options import OptionError, parse_options
 
 SAMPLE = """\
@@ -43,8 +44,46 @@ def test_rows_count_waiters_and_mark_unlinked_nodes() -> None:
         ("store/vm-100", "waiting", 0, None),
         ("store/vm-100", "waiting", 0, None),
     ]
-    assert rows[3].path == "<inode 5>"
-    assert (rows[4].unlinked, rows[4].pid, rows[4].mode) == (True, 42, "exclusive")
+    unlinked, unknown = rows[3:]
+    assert (unlinked.path, unlinked.unlinked, unlinked.pid, unlinked.mode) == (
+        "x",
+        True,
+        42,
+        "exclusive",
+    )
+    assert unknown.path == "<inode 5>"  # the daemon does not know it: last
+
+
+UNSORTED = """\
+1: FLOCK  ADVISORY  WRITE 300 00:27:7 0 EOF
+1: -> FLOCK  ADVISORY  WRITE 302 00:27:7 0 EOF
+1: -> FLOCK  ADVISORY  WRITE 301 00:27:7 0 EOF
+2: FLOCK  ADVISORY  READ 201 00:27:3 0 EOF
+3: FLOCK  ADVISORY  READ 200 00:27:3 0 EOF
+4: POSIX  ADVISORY  WRITE 100 00:27:9 0 EOF
+5: FLOCK  ADVISORY  WRITE 400 00:27:8 0 EOF
+"""
+
+
+def test_rows_come_by_path_each_holder_before_its_waiters() -> None:
+    """/proc/locks lists locks in the kernel's order; people look a path up by its name. Rows
+    of one file: holders by pid, then its waiters by pid (their counts stay with the holder)."""
+    nodes: dict[int, dict[str, Any]] = {
+        3: {"path": "store1/ns-lock", "linked": True},
+        7: {"path": "store1/vm-100", "linked": True},
+        8: {"path": "store1/vm-100", "linked": False},
+        9: {"path": "store1/.chunks/0000/00ff", "linked": True},
+    }
+    rows = lock_rows(parse_proc_locks(UNSORTED), nodes)
+    assert [(r.path, r.unlinked, r.state, r.pid, r.waiters) for r in rows] == [
+        ("store1/.chunks/0000/00ff", False, "held", 100, 0),
+        ("store1/ns-lock", False, "held", 200, 0),
+        ("store1/ns-lock", False, "held", 201, 0),
+        ("store1/vm-100", False, "held", 300, 2),
+        ("store1/vm-100", False, "waiting", 301, 0),
+        ("store1/vm-100", False, "waiting", 302, 0),
+        ("store1/vm-100", True, "held", 400, 0),
+    ]
 
 
 def test_metrics_options() -> None:

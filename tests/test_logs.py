@@ -1,8 +1,10 @@
 """Where a daemon's log lines go: syslog, else the journal's native socket, else a root-only file
-under /run/lockfs — tried per record, so no line is lost when syslog is missing or goes away.
+under /run/lockfs — tried per record, so no line is lost when syslog is missing or goes away,
+and logging never raises into the code that logs.
 
 The destinations are driven with real UNIX sockets standing in for syslog and journald; the
-last test runs a real detached daemon without them and finds its error lines in the file.
+file is refused in a directory another (real) user owns; the last test runs a real detached
+daemon without syslog and finds its error lines in the journal or the file.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import contextlib
 import errno
 import logging
 import os
+import pwd
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,9 +84,9 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_syslog_lines(tmp_path: Path) -> None:
     server = FakeSocket(tmp_path / "log")
     dest = logs.Syslog(str(server.path))
-    dest.send(record("entry limit reached"))
+    dest.emit(record("entry limit reached"))
     assert server.receive() == f"<27>lockfs[{os.getpid()}]: entry limit reached".encode()
-    dest.send(record("mounted", logging.INFO))
+    dest.emit(record("mounted", logging.INFO))
     assert server.receive().startswith(b"<30>lockfs[")  # daemon facility, info
     server.close()
 
@@ -90,7 +94,7 @@ def test_syslog_lines(tmp_path: Path) -> None:
 def test_journal_fields_keep_a_traceback_in_one_entry(tmp_path: Path) -> None:
     server = FakeSocket(tmp_path / "journal")
     dest = logs.Journal(str(server.path), mountpoint="/run/proxmox-backup/locks")
-    dest.send(record("internal error in lookup(1, b'x'); answered EIO", exc=True))
+    dest.emit(record("internal error in lookup(1, b'x'); answered EIO", exc=True))
     fields = parse_journal(server.receive())
     assert fields["MESSAGE"].startswith(b"internal error in lookup(1, b'x'); answered EIO\n")
     assert b"Traceback (most recent call last)" in fields["MESSAGE"]
@@ -106,7 +110,7 @@ def test_file_is_root_only_and_rotates(tmp_path: Path) -> None:
     path = tmp_path / "run" / "mnt.log"
     dest = logs.RotatingFile(str(path), max_bytes=400)
     for i in range(20):
-        dest.send(record(f"line {i:02d}"))
+        dest.emit(record(f"line {i:02d}"))
     dest.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -116,6 +120,97 @@ def test_file_is_root_only_and_rotates(tmp_path: Path) -> None:
     assert lines[-1].endswith("ERROR: line 19") and f"lockfs[{os.getpid()}]" in lines[-1]
     numbers = [int(line.rsplit(" ", 1)[1]) for line in lines]
     assert numbers == list(range(20 - len(numbers), 20))  # the newest lines, in order
+
+
+def test_file_never_follows_a_symlink(tmp_path: Path) -> None:
+    """Neither the log file nor its rotated copy is ever written through a symlink: a link at
+    the log's name is refused, and one at ``.1`` is replaced by the rotation."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    canary = tmp_path / "canary"
+    canary.write_text("root only\n")
+    (run / "mnt.log.1").symlink_to(canary)
+    dest = logs.RotatingFile(str(run / "mnt.log"), max_bytes=200)
+    for i in range(8):
+        dest.emit(record(f"line {i}"))
+    dest.close()
+    assert (run / "mnt.log.1").is_file() and not (run / "mnt.log.1").is_symlink()
+    (run / "mnt.log").unlink()
+    (run / "mnt.log").symlink_to(canary)
+    with pytest.raises(OSError, match="symbolic link"):
+        dest.emit(record("through the link"))
+    dest.close()
+    assert canary.read_text() == "root only\n"
+
+
+def test_file_is_refused_in_a_directory_another_user_owns(
+    tmp_path: Path, second_user: pwd.struct_passwd
+) -> None:
+    """The log directory (/run/lockfs) must be root's alone: one that another user owns or
+    anyone may write could have the log swapped for a link; nothing is written there."""
+    for name, owner, mode in (("owned", second_user.pw_uid, 0o700), ("open", 0, 0o777)):
+        run = tmp_path / name
+        run.mkdir()
+        os.chown(run, owner, -1)
+        run.chmod(mode)
+        handler = logs.FallbackHandler([logs.RotatingFile(str(run / "mnt.log"))])
+        handler.handle(record("not here"))
+        handler.close()
+        assert list(run.iterdir()) == []
+        assert handler.destination() == str(run / "mnt.log")  # it is still the one to try
+
+
+@pytest.mark.parametrize("where", ["caller", "thread"])
+def test_a_bad_log_call_never_raises_and_is_logged(
+    fallback: tuple[logs.FallbackHandler, Path], where: str
+) -> None:
+    """``log.error("%d", "x")`` is a bug in the caller, but it must not end the caller (in the
+    invalidation thread that would end reclaim): the handler logs what the call was."""
+    handler, _ = fallback
+    logger = logging.Logger("lockfs.test.bad_call")  # outside the hierarchy (and pytest's)
+    logger.addHandler(handler)
+    errors: list[BaseException] = []
+
+    def bad_call() -> None:
+        try:
+            logger.error("entries: %d", "many")
+        except BaseException as exc:
+            errors.append(exc)
+
+    if where == "thread":
+        thread = threading.Thread(target=bad_call)
+        thread.start()
+        thread.join(10)
+    else:
+        bad_call()
+    assert errors == []
+    line = Path(logs.log_path("/mnt")).read_text().splitlines()[-1]
+    assert "ERROR: bad log call 'entries: %d' % ('many',): TypeError" in line, line
+
+
+def test_a_failing_destination_passes_the_record_on(
+    fallback: tuple[logs.FallbackHandler, Path],
+) -> None:
+    """Whatever a destination raises, the record goes to the next one."""
+    handler, _ = fallback
+
+    class Broken(logs.Stderr):
+        description = "broken"
+
+        def emit(self, record: logging.LogRecord) -> None:
+            raise RuntimeError("broken destination")
+
+    handler.destinations.insert(0, Broken())
+    handler.handle(record("passed on"))
+    assert Path(logs.log_path("/mnt")).read_text().endswith("ERROR: passed on\n")
+
+
+def test_a_record_with_undecodable_bytes_reaches_syslog(tmp_path: Path) -> None:
+    """A path that is not UTF-8 (its bytes as surrogates) is sent with backslash escapes."""
+    server = FakeSocket(tmp_path / "log")
+    logs.Syslog(str(server.path)).emit(record(os.fsdecode(b"/locks/\xff")))
+    assert server.receive().endswith(b": /locks/\\udcff")
+    server.close()
 
 
 def test_log_path_is_per_mountpoint_and_fits_a_file_name(run_dir: Path) -> None:
@@ -189,7 +284,7 @@ def test_a_congested_syslog_costs_no_line(fallback: tuple[logs.FallbackHandler, 
 
 def test_missing_socket_errors_are_os_errors(tmp_path: Path) -> None:
     with pytest.raises(OSError) as info:
-        logs.Syslog(str(tmp_path / "missing")).send(record("x"))
+        logs.Syslog(str(tmp_path / "missing")).emit(record("x"))
     assert info.value.errno == errno.ENOENT
 
 

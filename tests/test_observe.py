@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import resource
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 from support import (
+    Daemons,
     MakeMount,
     Mount,
     as_user,
@@ -20,6 +24,8 @@ from support import (
     wait_for,
     waiters,
 )
+
+from lockfs.control import socket_path
 
 
 def locks_json(mnt: Mount, *extra: str) -> list[dict[str, Any]]:
@@ -53,7 +59,7 @@ def test_locks_lists_holders_modes_kinds_and_waiters(mnt: Mount) -> None:
     assert {(r["mode"], r["state"]) for r in by_path["store/ns-lock"]} == {("shared", "held")}
     assert [(r["kind"], r["pid"]) for r in by_path["store/posix"]] == [("posix", posix.pid)]
     assert [(r["kind"], r["pid"]) for r in by_path["store/ofd"]] == [("ofd", ofd.pid)]
-    (unlinked,) = by_path["gone"]
+    (unlinked,) = by_path["store/gone"]  # the path it had when it was unlinked
     assert unlinked["unlinked"] and unlinked["pid"] == gone.pid
 
     assert {r["path"] for r in locks_json(mnt, "store/ns")} == {"store/ns-lock"}
@@ -61,7 +67,7 @@ def test_locks_lists_holders_modes_kinds_and_waiters(mnt: Mount) -> None:
     assert table.returncode == 0
     header, *lines = table.stdout.splitlines()
     assert header.split() == ["PATH", "KIND", "MODE", "STATE", "PID", "COMMAND", "WAITERS", "HELD"]
-    assert any("gone (unlinked)" in line for line in lines)
+    assert any("store/gone (unlinked)" in line for line in lines)
     assert len(lines) == len(rows), (table.stdout, rows)
 
     for proc in (exclusive, *shared, posix, ofd, gone):
@@ -105,7 +111,7 @@ def test_metrics_file_is_written_periodically(make_mount: MakeMount, tmp_path: P
         10,
         "the metrics file to count the new directory",
     )
-    assert not list(tmp_path.glob("lockfs.prom.tmp*"))
+    assert not list(tmp_path.glob(".lockfs.prom.*"))  # no temporary file left
 
 
 def test_control_socket_is_root_only(mnt: Mount) -> None:
@@ -114,3 +120,61 @@ def test_control_socket_is_root_only(mnt: Mount) -> None:
     assert result.returncode == 1
     assert "Permission denied" in result.stderr
     assert os.listdir(mnt.path) == []  # nothing of the control channel shows in the mount
+
+
+#: Connections a flood of the control socket tries to hold open at once.
+FLOOD = 1100
+
+
+def test_a_connection_flood_never_ends_the_daemon(mnt: Mount) -> None:
+    """~1,100 connections held open at once, with the daemon allowed only 16 more open files
+    than it has: accept() fails with EMFILE, which is logged once and waited out; the mount
+    serves throughout, and `lockfs status` answers once the flood is gone."""
+    pid = mnt.proc.pid
+    limit = len(os.listdir(f"/proc/{pid}/fd")) + 16
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
+    own = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (own[1], own[1]))
+    path = socket_path(str(mnt.path))
+    flood: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 3
+        for _ in range(FLOOD):
+            if time.monotonic() > deadline:
+                break
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(0.1)  # a full backlog makes connect() wait
+            try:
+                sock.connect(path)
+            except OSError:
+                sock.close()
+                continue
+            flood.append(sock)
+        wait_for(
+            lambda: "cannot accept" in mnt.log_text() or mnt.proc.poll() is not None,
+            10,
+            "accept() to fail with EMFILE",
+        )
+        (mnt / "during-the-flood").mkdir()  # the mount serves
+        assert mnt.proc.poll() is None
+    finally:
+        for sock in flood:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, own)
+    assert mnt.status().pid == pid
+    assert (mnt / "during-the-flood").is_dir()
+    log = mnt.log_text()
+    assert log.count("cannot accept") == 1, log
+    assert "Too many open files" in log, log
+
+
+def test_the_daemon_raises_its_open_file_limit(daemons: Daemons) -> None:
+    """Started with a soft RLIMIT_NOFILE of 256 under a hard limit of 4096, the daemon runs with
+    4096: a connection flood or a big mount does not run it out of descriptors early."""
+    path = daemons.mountpoint()
+    result = daemons.run("prlimit", "--nofile=256:4096", *lockfs_command(path), env=daemon_env())
+    assert result.returncode == 0, result.stderr
+    pid = daemons.daemon_pid(path)
+    limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    (line,) = (line for line in limits if line.startswith("Max open files"))
+    assert line.split()[3:5] == ["4096", "4096"], line

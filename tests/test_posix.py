@@ -13,13 +13,8 @@ from pathlib import Path
 import pytest
 from support import MakeMount, Mount, errno_of, wait_for
 
-from lockfs.pbs_lock import (
-    RENAME_EXCHANGE,
-    RENAME_NOREPLACE,
-    RENAME_WHITEOUT,
-    chunk_path,
-    renameat2,
-)
+from lockfs.linux import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
+from lockfs.pbs_lock import chunk_path
 
 
 def test_directories(mnt: Mount) -> None:

@@ -92,6 +92,11 @@ def test_the_daemon_imports_nothing_after_start_up(daemons: Daemons, tmp_path: P
     sorted(os.listdir(path / "store1"))
     journal = path / "store1" / "move-journal"
     journal.write_bytes(b"line\n")
+    moved = path / "store1" / "a2" / "journal"
+    os.rename(journal, moved)  # a data file and its directory move in the data mirror
+    os.rename(path / "store1" / "a2", path / "store1" / "a3")
+    os.rename(path / "store1" / "a3", path / "store1" / "a2")
+    os.rename(moved, journal)
     os.chmod(journal, 0o640)
     os.chown(journal, 34, 34)
     os.truncate(journal, 0)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
+from support import Daemons, release, wait_for
 
-from lockfs.locks import parse_proc_locks
+from lockfs.admin import describe_log
+from lockfs.linux import parse_proc_locks
+from lockfs.logs import log_path
 from lockfs.metrics import prometheus_text
 from lockfs.options import MountOptions
 from lockfs.status import MountStatus, format_text
@@ -96,6 +102,45 @@ def test_text_shows_numbers_for_ids_without_a_name() -> None:
     assert ", debug," in text
     assert "requests         0 (none)" in text
     assert "kernel flags     none" in text
+
+
+def test_a_log_file_not_written_yet_is_said_to_be_empty(tmp_path: Path) -> None:
+    """The fallback log file is created with the daemon's first line: until then `lockfs
+    status` must not send an administrator to a file that is not there."""
+    missing, written = tmp_path / "missing.log", tmp_path / "written.log"
+    written.write_text("a line\n")
+    assert describe_log(str(missing)) == f"{missing} (nothing logged yet)"
+    assert describe_log(str(written)) == str(written)
+    earlier = f"{missing} (earlier lines also in syslog (/dev/log))"
+    assert describe_log(earlier) == f"{missing} (nothing logged yet) " + earlier.split(" ", 1)[1]
+    for other in ("syslog (/dev/log)", "journal (/run/systemd/journal/socket)", "stderr"):
+        assert describe_log(other) == other
+
+
+def test_status_names_the_log_file_once_a_line_is_in_it(daemons: Daemons, tmp_path: Path) -> None:
+    """A detached daemon without syslog or journal (a test hook points both at missing paths)
+    logs to its file under /run/lockfs, which appears with its first line."""
+    path = daemons.mountpoint()
+    log_file = Path(log_path(str(path)))
+    hooks = f"syslog={tmp_path}/no-dev-log,journal={tmp_path}/no-journal"
+    result = daemons.lockfs(path, LOCKFS_TEST_HOOKS=hooks)
+    assert result.returncode == 0, result.stderr
+    pid = daemons.daemon_pid(path)
+    status = daemons.lockfs("status", path)
+    assert f"log              {log_file} (nothing logged yet)\n" in status.stdout, status.stdout
+    assert not log_file.exists()
+    # A first line: SIGTERM while a lock is held is logged and refused (the mount stays).
+    holder, _ = daemons.hold("plain", path / "held")
+    os.kill(pid, signal.SIGTERM)
+    wait_for(
+        lambda: log_file.exists() and "not unmounting" in log_file.read_text(),
+        10,
+        "the refusal in the log file",
+    )
+    status = daemons.lockfs("status", path)
+    assert f"log              {log_file}\n" in status.stdout, status.stdout
+    assert json.loads(daemons.lockfs("status", path, "--json").stdout)["log"] == str(log_file)
+    release(holder)
 
 
 LOCKS = """\

@@ -32,8 +32,32 @@ def test_log_socket_hooks() -> None:
     assert NO_HOOKS.log_sockets() == {}
 
 
+def test_switch_over_pause_hook(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hooks = from_environment({"LOCKFS_TEST_HOOKS": "switch-over-pause=before-copy"})
+    assert hooks == TestHooks(switch_over_pause="before-copy")
+    lines = iter(["go on\n"])
+    monkeypatch.setattr("sys.stdin.readline", lambda: next(lines))
+    hooks.at_switch_over_step("checked")  # not this step: no pause, nothing read
+    assert capsys.readouterr().err == ""
+    hooks.at_switch_over_step("before-copy")
+    assert capsys.readouterr().err == "lockfs switch-over: paused at before-copy\n"
+    assert next(lines, None) is None  # the line was read
+
+
 @pytest.mark.parametrize(
-    "value", ["fault", "startup=nonsense", "fault-entry=1", "startup", "syslog", "journal=rel"]
+    "value",
+    [
+        "fault",
+        "startup=nonsense",
+        "fault-entry=1",
+        "startup",
+        "syslog",
+        "journal=rel",
+        "switch-over-pause",
+        "switch-over-pause=later",
+    ],
 )
 def test_unknown_hooks_are_refused(value: str) -> None:
     with pytest.raises(HookError, match="unknown test hook"):

@@ -16,20 +16,26 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 
-from lockfs import harness
-from lockfs.control import ControlError, query_status, remove_stale_sockets, socket_path
+from lockfs import control, harness
+from lockfs.control import ControlError, query_status, socket_path
 from lockfs.logs import log_path
-from lockfs.mounts import entries_at, is_lockfs_mounted, umount
+from lockfs.mounts import entries_at, is_lockfs_mounted
+from lockfs.options import MountOptions
+from lockfs.persist import mirror_path
 from lockfs.status import MountStatus
 
 from .daemon_check import Expectations, describe_exit, log_problems, report
 from .expect import wait_for
-from .processes import Processes, daemon_env, lockfs_command, run_lockfs
+from .processes import DAEMON_PYTHON, Processes, daemon_env, lockfs_command, run_lockfs
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MNT_DETACH = 2
 
 #: How long a stopping daemon may take to exit, and a plain umount to succeed.
 STOP_TIMEOUT = 10.0
@@ -49,6 +55,32 @@ def require_fuse() -> None:
         pytest.fail("; ".join(problems), pytrace=False)
 
 
+def remove_mirror(path: str | os.PathLike[str], data_dir: str | None = None) -> None:
+    """Remove the data a mount at ``path`` kept across restarts (lockfs.persist) in
+    ``data_dir`` (default: the option's default): tests mount at temporary paths, and their
+    data must not outlive them."""
+    data_dir = data_dir or MountOptions().data_dir
+    assert data_dir is not None
+    shutil.rmtree(mirror_path(data_dir, os.path.realpath(path)), ignore_errors=True)
+
+
+def umount_lazily(path: str) -> None:
+    """umount2(2) with MNT_DETACH: what lockfs itself never does (a lazily detached mount
+    lets a second lock file of the same name be created), and teardown's last resort."""
+    if _libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"umount -l {path}: {os.strerror(code)}")
+
+
+def remove_stale_sockets(paths: Iterable[str]) -> None:
+    """Remove the control sockets among ``paths`` that a killed daemon left, the way a new
+    daemon does (under the socket directory's lock, so a socket being published is never
+    taken for stale); a live daemon's socket is never removed."""
+    # No socket directory: no sockets.
+    with contextlib.suppress(FileNotFoundError), control.run_dir_locked(control.RUN_DIR):
+        control.remove_stale(paths)
+
+
 def unmount(path: str, notes: list[str]) -> bool:
     """Unmount the topmost mount at ``path``: plainly (lockfs.harness.unmount, retried while
     busy), and lazily only as a last resort, which is noted as a problem. False if it could not
@@ -60,7 +92,7 @@ def unmount(path: str, notes: list[str]) -> bool:
         if exc.errno != errno.EBUSY:
             notes.append(str(exc))
             return False
-    umount(path, lazy=True)
+    umount_lazily(path)
     notes.append(f"{path} was still busy: it needed umount -l (a lazy unmount)")
     return True
 
@@ -68,7 +100,14 @@ def unmount(path: str, notes: list[str]) -> bool:
 class Mount(Processes):
     """A running ``lockfs -f`` daemon and the processes a test started on its mount."""
 
-    def __init__(self, path: Path, options: str, log: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        options: str,
+        log: Path,
+        env: dict[str, str],
+        python: str | None = None,
+    ) -> None:
         super().__init__()
         self.path = Path(os.path.realpath(path))
         self.log = log
@@ -82,9 +121,8 @@ class Mount(Processes):
         self.mount_id: int | None = None
         self._stopped = False
         #: The daemon (lockfs.harness, shared with lockfs-bench): its process is ``proc``.
-        self.server = harness.ServerProcess(
-            lockfs_command(self.path, "-f", "-o", options), self.path, log, env=env
-        )
+        command = lockfs_command(self.path, "-f", "-o", options, python=python or DAEMON_PYTHON)
+        self.server = harness.ServerProcess(command, self.path, log, env=env)
         self.proc = self.server.proc
         try:
             self.server.wait_serving(15, lambda: True)
@@ -137,7 +175,7 @@ class Mount(Processes):
             self.proc.wait()
             with contextlib.suppress(OSError):
                 if is_lockfs_mounted(self.path, resolve_path=False):
-                    umount(str(self.path), lazy=True)
+                    umount_lazily(str(self.path))
         finally:
             # A daemon that was killed leaves its control socket behind.
             remove_stale_sockets([socket_path(str(self.path))])
@@ -189,9 +227,18 @@ class Mount(Processes):
 
 
 class MakeMount(Protocol):
-    """The ``make_mount`` fixture: ``make_mount(options, public=False, **env)``."""
+    """The ``make_mount`` fixture: ``make_mount(options, public=False, at=None, python=None,
+    **env)``."""
 
-    def __call__(self, options: str = ..., public: bool = ..., **env_extra: str) -> Mount: ...
+    def __call__(
+        self,
+        options: str = ...,
+        public: bool = ...,
+        *,
+        at: Path | None = ...,
+        python: str | None = ...,
+        **env_extra: str,
+    ) -> Mount: ...
 
 
 #: The options of ``make_mount()`` and ``mnt``: short reclaim delays.
@@ -206,17 +253,29 @@ class Mounts:
         self.mounts: list[Mount] = []
         self.public_dirs: list[Path] = []
 
-    def make(self, options: str = DEFAULT_OPTIONS, public: bool = False, **env_extra: str) -> Mount:
+    def make(
+        self,
+        options: str = DEFAULT_OPTIONS,
+        public: bool = False,
+        *,
+        at: Path | None = None,
+        python: str | None = None,
+        **env_extra: str,
+    ) -> Mount:
         """Mount a fresh lockfs with ``options`` and extra environment for the daemon.
-        ``public``: where every user can reach it (pytest's tmp dirs are 0700)."""
-        if public:
+        ``public``: where every user can reach it (pytest's tmp dirs are 0700); ``at``: at
+        the mountpoint of an earlier mount of this test (a restart); ``python``: the daemon's
+        interpreter (default DAEMON_PYTHON)."""
+        if at is not None:
+            path = at
+        elif public:
             path = Path(tempfile.mkdtemp(prefix="lockfs-test-", dir="/tmp"))
             path.chmod(0o755)
             self.public_dirs.append(path)
         else:
             path = Path(tempfile.mkdtemp(prefix="mnt-", dir=self.tmp_path))
         log = self.tmp_path / f"lockfs-{len(self.mounts)}.log"
-        mount = Mount(path, options, log, daemon_env(**env_extra))
+        mount = Mount(path, options, log, daemon_env(**env_extra), python)
         self.mounts.append(mount)
         return mount
 
@@ -227,6 +286,8 @@ class Mounts:
         for mount in reversed(self.mounts):
             mount.stop()
             reports += mount.problems(expect)
+        for path in {mount.path for mount in self.mounts}:
+            remove_mirror(path)
         for path in self.public_dirs:
             if not is_lockfs_mounted(path):
                 path.rmdir()
@@ -236,7 +297,6 @@ class Mounts:
 # --- Daemonized mounts: `lockfs DIR` and `mount -t fuse.lockfs` --------------------------------
 
 PR_SET_CHILD_SUBREAPER = 36
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _set_subreaper(on: bool) -> None:
@@ -393,6 +453,7 @@ class Daemons(Processes):
             # Without syslog (as on the test machine) each daemon's lines go to a file under
             # /run/lockfs that outlives it, as it should for an administrator; not for tests.
             for path in self.paths:
+                remove_mirror(path)
                 log_file = log_path(os.path.realpath(path))
                 for name in (log_file, f"{log_file}.1"):
                     with contextlib.suppress(FileNotFoundError):
