@@ -23,14 +23,13 @@ import os
 import select
 import shlex
 import signal
-import stat
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from . import logs, mount_users
+from . import logs, mount_users, rootfiles
 from .admin import EXIT_FAILURE, fail, subcommand_parser
 from .control import (
     RUN_DIR,
@@ -169,29 +168,15 @@ class HealState:
 
 class StateFile:
     """``DIRECTORY/<escaped mountpoint>.heal``: JSON, root only. The directory must be root's
-    alone; the file is read and replaced (written to a new file, renamed over it) relative to
-    the directory's descriptor and never through a symlink."""
+    alone (lockfs.rootfiles.private_dir); the file is read without following a symlink and
+    replaced whole (lockfs.rootfiles.replace_file), never written through one."""
 
     def __init__(self, mountpoint: str, directory: str = RUN_DIR) -> None:
         self.directory = directory
         self.name = escape_path(mountpoint) + ".heal"
 
-    def _open_dir(self) -> int:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(self.directory, 0o700)
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            os.close(fd)
-            raise OSError(
-                errno.EPERM,
-                f"{self.directory} must belong to uid {os.geteuid()} and be writable by nobody "
-                f"else (mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid})",
-            )
-        return fd
-
     def load(self) -> HealState:
-        dir_fd = self._open_dir()
+        dir_fd = rootfiles.private_dir(self.directory)
         try:
             fd = os.open(self.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         except FileNotFoundError:
@@ -205,10 +190,7 @@ class StateFile:
             pending = data.get("pending")
             return HealState(
                 failures=[float(at) for at in data.get("failures", [])],
-                pending=Pending(
-                    float(pending["since"]),
-                    [str(unit) for unit in pending["units"]],
-                )
+                pending=Pending(float(pending["since"]), [str(unit) for unit in pending["units"]])
                 if pending
                 else None,
             )
@@ -219,22 +201,10 @@ class StateFile:
     def save(self, state: HealState) -> None:
         data: dict[str, object] = {"failures": state.failures, "pending": None}
         if state.pending is not None:
-            data["pending"] = {
-                "since": state.pending.since,
-                "units": state.pending.units,
-            }
-        dir_fd = self._open_dir()
-        temporary = f".{self.name}.{os.getpid()}.tmp"
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary, dir_fd=dir_fd)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(temporary, flags, 0o600, dir_fd=dir_fd)
-            with os.fdopen(fd, "w") as file:
-                file.write(json.dumps(data) + "\n")
-            os.rename(temporary, self.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
+            data["pending"] = {"since": state.pending.since, "units": state.pending.units}
+        os.close(rootfiles.private_dir(self.directory))  # created if missing, root's alone
+        path = os.path.join(self.directory, self.name)
+        rootfiles.replace_file(path, (json.dumps(data) + "\n").encode(), 0o600)
 
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]

@@ -23,6 +23,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .linux import command_of, pids
+
 
 @dataclass(frozen=True)
 class MountUse:
@@ -35,18 +37,6 @@ class MountUse:
 
     def __str__(self) -> str:
         return f"pid {self.pid} ({self.command}, {self.what})"
-
-
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _command(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip()
-    except OSError:
-        return "?"
 
 
 def _mountinfo_ids(text: str, dev: int) -> set[int]:
@@ -64,7 +54,7 @@ def mount_ids(dev: int) -> set[int]:
     """The IDs of every mount of the filesystem ``dev``, in every process's mount namespace."""
     ids: set[int] = set()
     namespaces: set[str] = set()
-    for pid in _pids():
+    for pid in pids():
         try:
             namespace = os.readlink(f"/proc/{pid}/ns/mnt")
             if namespace in namespaces:
@@ -137,8 +127,8 @@ def users_of(dev: int, *, skip: Iterable[int] = ()) -> list[MountUse]:
     ids = mount_ids(dev)
     skipped = {os.getpid(), *skip}
     found = []
-    for pid in _pids():
+    for pid in pids():
         if pid in skipped:
             continue
-        found += [MountUse(pid, _command(pid), what) for what in uses(pid, dev, ids)]
+        found += [MountUse(pid, command_of(pid), what) for what in uses(pid, dev, ids)]
     return found

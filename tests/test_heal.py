@@ -36,6 +36,7 @@ from lockfs.heal import (
 )
 from lockfs.health import POLL_INTERVAL, WINDOW, Health, Sample, running_grace
 from lockfs.mounts import entries_at, is_lockfs_mounted
+from lockfs.rootfiles import UnsafePath
 
 ABORTED = {errno.ENOTCONN, errno.ECONNABORTED}
 UNIT = "run-proxmox\\x2dbackup-locks.mount"
@@ -352,7 +353,7 @@ def test_the_state_file_is_roots_alone_and_never_followed(state_dir: Path, tmp_p
     assert target.read_text() == "keep" and not file.is_symlink() and state.load() == saved
     # A directory others may write is refused.
     state_dir.chmod(0o777)
-    with pytest.raises(OSError, match="writable by nobody else"):
+    with pytest.raises(UnsafePath, match="group or others may write it"):
         state.load()
     state_dir.chmod(0o700)
 
