@@ -264,7 +264,11 @@ class Systemd:
             self._systemctl("stop", *units)
 
     def start(self, units: Sequence[str]) -> None:
+        """Queue the start of ``units``, first forgetting their failures: while the mount
+        was dead they may have failed and been restarted by their ``Restart=`` until their
+        start limit was hit, which would refuse this start too."""
         if units:
+            self._run(["systemctl", "reset-failed", *units])
             self._systemctl("start", "--no-block", *units)
 
     def remount_then_start(self, units: Sequence[str]) -> None:

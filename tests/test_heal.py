@@ -69,8 +69,9 @@ class FakeSystemctl:
         return subprocess.CompletedProcess(cmd, 0, out + "\n", "")
 
     def actions(self) -> list[list[str]]:
-        """The calls that change something (stop, restart, start)."""
-        return [args for _, args in self.calls if args[0] in ("stop", "restart", "start")]
+        """The calls that change something (stop, restart, reset-failed, start)."""
+        verbs = ("stop", "restart", "reset-failed", "start")
+        return [args for _, args in self.calls if args[0] in verbs]
 
     def when(self, verb: str) -> float:
         return next(at for at, args in self.calls if args[0] == verb)
@@ -161,6 +162,7 @@ def test_kill_9_is_seen_at_once_and_healed_once_nothing_uses_the_mount(
     assert systemctl.actions() == [
         ["stop", "api.service", "proxy.service"],
         ["restart", "--no-block", UNIT],
+        ["reset-failed", "api.service", "proxy.service"],
         ["start", "--no-block", "api.service", "proxy.service"],
     ]
     assert systemctl.when("restart") >= released
@@ -276,8 +278,9 @@ def test_a_stopped_daemon_fails_closed_after_hang_timeout(
     hung = [line for line in lines if "has not answered for" in line]
     assert len(hung) == 1 and "(hang_timeout=1, its process stopped)" in hung[0], lines
     assert f"killed it (SIGKILL to pid {pid})" in hung[0]
-    assert systemctl.actions()[-2:] == [
+    assert systemctl.actions()[-3:] == [
         ["restart", "--no-block", UNIT],
+        ["reset-failed", "api.service", "proxy.service"],
         ["start", "--no-block", "api.service", "proxy.service"],
     ]
 
