@@ -17,22 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import select
 import shlex
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
-from . import logs, mount_users, rootfiles
+from . import logs, mount_users
 from .admin import EXIT_FAILURE, fail, subcommand_parser
 from .control import (
-    RUN_DIR,
     ControlError,
     DaemonUnreachable,
     NoProperAnswer,
@@ -40,6 +36,7 @@ from .control import (
     listener_pid,
     query_status,
 )
+from .heal_state import HealState, Pending, StateFile
 from .health import (
     POLL_INTERVAL,
     QUERY_TIMEOUT,
@@ -52,6 +49,7 @@ from .health import (
 )
 from .mounts import FSTYPE, MountEntry, entries_at
 from .options import MountOptions
+from .systemd_units import Systemd
 from .watchdog import abort_connection, fusectl_name
 
 log = logging.getLogger(__name__)
@@ -62,8 +60,6 @@ DEAD_ERRNOS = frozenset({errno.ENOTCONN, errno.ECONNABORTED})
 EXIT_TIMEOUT = 10.0
 #: How often the users of a dead mount are looked for again while some remain.
 USERS_POLL = 0.5
-#: Unit states in which a unit that requires the mount counts as running.
-RUNNING_STATES = frozenset({"active", "activating", "reloading"})
 #: systemd's runtime directory: it exists when systemd is the service manager (sd_booted(3)).
 SYSTEMD_RUN_DIR = "/run/systemd/system"
 
@@ -146,143 +142,6 @@ class MountProbe:
     def wait(self, timeout: float) -> bool:
         """Wait for a probe under way to return; whether none is left waiting."""
         return self._thread is None or self._done.wait(timeout)
-
-
-@dataclass
-class Pending:
-    """A recovery under way: when the mount failed, and the units to start again once a new
-    mount answers (a failed mount never answers again: its daemon was killed)."""
-
-    since: float
-    units: list[str]
-
-
-@dataclass
-class HealState:
-    """What the watcher keeps across its own restarts (one mount's state file)."""
-
-    #: Monotonic times of the failures within the rate limit's window.
-    failures: list[float] = field(default_factory=list)
-    pending: Pending | None = None
-
-
-class StateFile:
-    """``DIRECTORY/<escaped mountpoint>.heal``: JSON, root only. The directory must be root's
-    alone (lockfs.rootfiles.private_dir); the file is read without following a symlink and
-    replaced whole (lockfs.rootfiles.replace_file), never written through one."""
-
-    def __init__(self, mountpoint: str, directory: str = RUN_DIR) -> None:
-        self.directory = directory
-        self.name = escape_path(mountpoint) + ".heal"
-
-    def load(self) -> HealState:
-        dir_fd = rootfiles.private_dir(self.directory)
-        try:
-            fd = os.open(self.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return HealState()
-        finally:
-            os.close(dir_fd)
-        with os.fdopen(fd) as file:
-            text = file.read()
-        try:
-            data = json.loads(text)
-            pending = data.get("pending")
-            return HealState(
-                failures=[float(at) for at in data.get("failures", [])],
-                pending=Pending(float(pending["since"]), [str(unit) for unit in pending["units"]])
-                if pending
-                else None,
-            )
-        except (ValueError, TypeError, KeyError, AttributeError):
-            log.warning("heal: ignoring the unreadable state file %s/%s", self.directory, self.name)
-            return HealState()
-
-    def save(self, state: HealState) -> None:
-        data: dict[str, object] = {"failures": state.failures, "pending": None}
-        if state.pending is not None:
-            data["pending"] = {"since": state.pending.since, "units": state.pending.units}
-        os.close(rootfiles.private_dir(self.directory))  # created if missing, root's alone
-        path = os.path.join(self.directory, self.name)
-        rootfiles.replace_file(path, (json.dumps(data) + "\n").encode(), 0o600)
-
-
-Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
-
-
-def _run_command(cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), capture_output=True, text=True, stdin=subprocess.DEVNULL)
-
-
-def own_unit() -> str | None:
-    """The systemd unit this process runs in (from its control group), if any."""
-    try:
-        with open("/proc/self/cgroup") as cgroup:
-            for line in cgroup:
-                name = line.rstrip("\n").rpartition("/")[2]
-                if name.endswith((".service", ".scope")):
-                    return name
-    except OSError:
-        pass
-    return None
-
-
-class Systemd:
-    """What the watcher asks of systemd about the mount unit ``unit``, through systemctl."""
-
-    def __init__(self, unit: str, run: Runner = _run_command) -> None:
-        self.unit = unit
-        self._run = run
-
-    def _systemctl(self, *args: str) -> str:
-        result = self._run(["systemctl", *args])
-        if result.returncode != 0:
-            raise OSError(
-                f"systemctl {shlex.join(args)} failed (exit status {result.returncode}): "
-                f"{(result.stderr or result.stdout).strip()}"
-            )
-        return result.stdout
-
-    def show(self, prop: str) -> str:
-        return self._systemctl("show", "-P", prop, self.unit).strip()
-
-    def dependents(self) -> list[str]:
-        """The units that require the mount (RequiredBy=, BoundBy=), but this process's own."""
-        own = own_unit()
-        names = self.show("RequiredBy").split() + self.show("BoundBy").split()
-        return sorted({name for name in names if name != own})
-
-    def running(self, units: Sequence[str]) -> list[str]:
-        """Those of ``units`` that are active (or activating, reloading)."""
-        if not units:
-            return []
-        states = self._run(["systemctl", "is-active", *units]).stdout.split()
-        return [unit for unit, state in zip(units, states, strict=False) if state in RUNNING_STATES]
-
-    def stop(self, units: Sequence[str]) -> None:
-        if units:
-            self._systemctl("stop", *units)
-
-    def start(self, units: Sequence[str]) -> None:
-        """Queue the start of ``units``, first forgetting their failures: while the mount
-        was dead they may have failed and been restarted by their ``Restart=`` until their
-        start limit was hit, which would refuse this start too."""
-        if units:
-            self._run(["systemctl", "reset-failed", *units])
-            self._systemctl("start", "--no-block", *units)
-
-    def remount_then_start(self, units: Sequence[str]) -> None:
-        """Queue a restart of the mount unit, then the start of ``units`` (which wait for it).
-
-        The restart stops this watcher too (it is bound to the mount): SIGTERM stays blocked
-        until both jobs are queued, and the systemctl children inherit the blocked signal.
-        """
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        try:
-            self._systemctl("restart", "--no-block", self.unit)
-            self.start(units)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _identity(entry: MountEntry) -> tuple[int, int]:

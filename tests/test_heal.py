@@ -24,19 +24,12 @@ from support import Daemons, errno_of, lockfs_command, wait_for
 
 from lockfs import mount_users
 from lockfs.control import escape_path
-from lockfs.heal import (
-    DaemonProcess,
-    HealState,
-    Pending,
-    StateFile,
-    Systemd,
-    Watcher,
-    canonical,
-    unit_for,
-)
+from lockfs.heal import DaemonProcess, Watcher, canonical, unit_for
+from lockfs.heal_state import HealState, Pending, StateFile
 from lockfs.health import POLL_INTERVAL, WINDOW, Health, Sample, running_grace
 from lockfs.mounts import entries_at, is_lockfs_mounted
 from lockfs.rootfiles import UnsafePath
+from lockfs.systemd_units import Systemd
 
 ABORTED = {errno.ENOTCONN, errno.ECONNABORTED}
 UNIT = "run-proxmox\\x2dbackup-locks.mount"
