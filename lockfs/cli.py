@@ -51,6 +51,7 @@ from .admin import (
     summary,
 )
 from .admin import fail as _fail
+from .heal import heal_main
 from .mounts import (
     MountError,
     MountpointClaim,
@@ -108,8 +109,9 @@ def _mount_parser() -> CommandParser:
     return parser
 
 
-#: Every command by name: ``mount`` and the admin commands of lockfs.admin.SUBCOMMANDS.
-COMMANDS: dict[str, Subcommand] = {"mount": mount_main, **SUBCOMMANDS}
+#: Every command by name: ``mount``, the admin commands of lockfs.admin.SUBCOMMANDS, and
+#: ``heal`` (lockfs.heal: the self-healing watcher lockfs-heal.service runs).
+COMMANDS: dict[str, Subcommand] = {"mount": mount_main, **SUBCOMMANDS, "heal": heal_main}
 
 
 def _help() -> str:

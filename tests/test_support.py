@@ -85,6 +85,8 @@ def test_layer_markers() -> None:
     ]
     for name in ("test_deploy.py", "test_package.py", "test_package_switchover.py"):
         assert layer_markers(Path("tests") / name, []) == ["deploy", "fuse"]
+    for name in ("test_system_pbs_host.py", "test_system_package.py"):
+        assert layer_markers(Path("tests") / name, []) == ["system", "deploy", "fuse"]
 
 
 def test_the_unit_layer_selects_no_mounting_test() -> None:

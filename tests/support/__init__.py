@@ -26,7 +26,10 @@ Plain lock directories as PBS leaves them (support.lock_dirs)
     :func:`~support.lock_dirs.plain_lock_dir`, :func:`~support.lock_dirs.snapshot`,
     :data:`~support.lock_dirs.JOURNAL`, :data:`~support.lock_dirs.BACKUP_ID`
 The test layers (support.layers)
-    ``fuse`` and ``deploy`` markers: :func:`~support.layers.layer_markers`
+    ``fuse``, ``deploy`` and ``system`` markers: :func:`~support.layers.layer_markers`
+Containers of the system tests (imported from their modules, not from here)
+    support.containers: Debian 12 and 13 booted with systemd in systemd-nspawn;
+    support.pbs_host: such a container set up as a PBS host, with stand-ins of its services
 """
 
 from __future__ import annotations
