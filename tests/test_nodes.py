@@ -25,6 +25,7 @@ from lockfs.nodes import (
     NodeTable,
     ReclaimPolicy,
 )
+from lockfs.tablecheck import TableInconsistent
 
 FILE_DELAY = 0.5
 DIR_GRACE = 10.0
@@ -1204,7 +1205,7 @@ def test_check_detects_broken_names(table: NodeTable) -> None:
     f = make_file(table, b"f")
     table.check()
     f.name = b"other"
-    with pytest.raises(AssertionError):
+    with pytest.raises(TableInconsistent):
         table.check()
 
 
@@ -1213,7 +1214,7 @@ def test_check_detects_wrong_subdir_count(table: NodeTable) -> None:
     table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
     d = table.child(ROOT_INO, b"d")
     d.subdirs = 1
-    with pytest.raises(AssertionError):
+    with pytest.raises(TableInconsistent):
         table.check()
 
 
@@ -1223,7 +1224,7 @@ def test_check_detects_unreferenced_unlinked_node(table: NodeTable) -> None:
     table.unlink(ROOT_INO, b"f")
     table.check()
     f.lookups = 0
-    with pytest.raises(AssertionError):
+    with pytest.raises(TableInconsistent):
         table.check()
 
 
@@ -1231,8 +1232,8 @@ def test_check_detects_busy_node_in_idle_queue(table: NodeTable) -> None:
     """check() fails when a node that is not idle sits in an idle queue."""
     f = make_file(table, b"f", data=b"x")
     table.check()
-    table._idle_files[f] = None
-    with pytest.raises(AssertionError):
+    table.idle.files[f] = None
+    with pytest.raises(TableInconsistent):
         table.check()
 
 
@@ -1240,5 +1241,5 @@ def test_check_detects_negative_counts(table: NodeTable) -> None:
     """check() fails on a negative lookup count."""
     f = make_file(table, b"f")
     f.lookups = -1
-    with pytest.raises(AssertionError):
+    with pytest.raises(TableInconsistent):
         table.check()
