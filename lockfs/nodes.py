@@ -18,10 +18,10 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import NamedTuple, NoReturn, Protocol
+from typing import NoReturn, Protocol
 
 from .idle import ReclaimPolicy
+from .limits import Capacity, Limits
 from .namespace import Namespace, TableStats
 from .node import NAME_MAX, ROOT_INO, FsError, Node
 from .options import MountOptions
@@ -57,29 +57,6 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 _DEFAULTS = MountOptions()
-
-
-@dataclass(slots=True)
-class Limits:
-    """Bounds that keep one misbehaving user from exhausting the daemon's memory (the
-    defaults are the mount options', lockfs.options).
-
-    Hitting one fails only the request that would exceed it (ENOSPC, EFBIG, ENAMETOOLONG);
-    nothing that exists is touched, and the table recovers as entries are reclaimed.
-    """
-
-    max_entries: int = _DEFAULTS.max_entries
-    max_file_size: int = _DEFAULTS.max_file_size
-    max_depth: int = _DEFAULTS.max_depth
-
-
-class Capacity(NamedTuple):
-    """What STATFS reports: entries the table may hold, how many more it takes before creating
-    fails with ENOSPC, and the longest name."""
-
-    total: int
-    free: int
-    name_max: int
 
 
 class DataObserver(Protocol):
@@ -145,15 +122,6 @@ class NodeTable(Namespace):
 
     # ----------------------------------------------------------------- limits
 
-    def _subtree_height(self, directory: Node) -> int:
-        """Levels below ``directory`` (0 for an empty directory or a file)."""
-        height, level = 0, [directory]
-        while True:
-            level = [c for n in level if n.children for c in n.children.values()]
-            if not level:
-                return height
-            height += 1
-
     def _log_entry_limit(self) -> None:
         """Creating failed at ``max_entries``: log it (at most once a minute), naming the
         directory that holds the most entries."""
@@ -175,10 +143,6 @@ class NodeTable(Namespace):
             len(busiest.children or ()),
         )
 
-    def _check_depth(self, parent: Node, node: Node) -> None:
-        if parent.depth + 1 + self._subtree_height(node) > self.limits.max_depth:
-            raise FsError(errno.ENAMETOOLONG)
-
     def _check_size(self, node: Node, size: int) -> None:
         if node.children is not None:
             raise FsError(errno.EISDIR)
@@ -189,9 +153,7 @@ class NodeTable(Namespace):
 
     def capacity(self) -> Capacity:
         """STATFS: ``max_entries`` (never fewer than the entries held) and what is left of it."""
-        used = len(self.nodes)
-        total = max(self.limits.max_entries, used)
-        return Capacity(total, total - used, NAME_MAX)
+        return self.limits.capacity(len(self.nodes))
 
     # ----------------------------------------------------------------- kernel references
 
@@ -323,9 +285,9 @@ class NodeTable(Namespace):
         if node.children is not None and self._is_ancestor(node, new_parent):
             raise FsError(errno.EINVAL)
         if new_parent is not old_parent:
-            self._check_depth(new_parent, node)
+            self.limits.check_move(new_parent, node)
             if flags & RENAME_EXCHANGE and target is not None:
-                self._check_depth(old_parent, target)
+                self.limits.check_move(old_parent, target)
         if flags & RENAME_EXCHANGE:
             if target is None:
                 raise FsError(errno.ENOENT)

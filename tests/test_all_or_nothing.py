@@ -3,7 +3,7 @@ executes for a request makes the adapter fail the mount closed, never answer.
 
 Each case sets up a table, then sends one request through the adapter (lockfs.fuse_ops) with
 the ``raise-at`` test hook (lockfs.testing_hooks.LineFault) raising at line 1, 2, ... of the
-table code (nodes.py, namespace.py, idle.py, node.py, entryorder.py, filedata.py) it executes,
+table code (testing_hooks.TABLE_FILES: nodes.py and every module it builds on) it executes,
 until a run executes fewer lines than asked (no fault). Every fault must reach the fail-closed
 path exactly once, with the request's name and arguments and the injected exception, and the
 handler must not answer (no reply, no FUSE error); the run without a fault completes the
