@@ -6,8 +6,9 @@ data observer) and raises :class:`FsError` with nothing changed, then changes th
 and the kernel's references through the transitions of :class:`lockfs.namespace.Namespace`,
 which keep the invariants (one node per name; a name is reclaimed only once the kernel and
 every process let go of it; inode numbers never reused). What *idle* means and when an idle
-node falls due is lockfs.idle; a node's own data and times are lockfs.node; the consistency
-check is lockfs.tablecheck.
+node falls due is lockfs.idle; a node's own data and times are lockfs.node; the bounds are
+lockfs.limits; the consistency check is lockfs.tablecheck. The names callers use are all
+importable from here (``__all__``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ from .options import MountOptions
 from .tablecheck import check_table
 
 __all__ = [
+    "LIMIT_LOG_INTERVAL",
+    "LISTED_PER_REQUEST",
     "NAME_MAX",
+    "RENAME_EXCHANGE",
+    "RENAME_NOREPLACE",
     "ROOT_INO",
     "Capacity",
     "DataObserver",
