@@ -119,7 +119,10 @@ class EntryOrder:
             ino = chunk[-1].ino
 
     def check(self) -> None:
-        """Assert the structure's invariants (used by tests)."""
+        """Raise ValueError unless the structure's invariants hold (used by tests; no
+        ``assert``, so it checks under ``python -O`` too)."""
         inos = [node.ino for node in self]
-        assert inos == sorted(set(inos)), "not strictly in inode order"
-        assert all(0 < len(block) <= 2 * LOAD for block in self._blocks)
+        if inos != sorted(set(inos)):
+            raise ValueError("not strictly in inode order")
+        if not all(0 < len(block) <= 2 * LOAD for block in self._blocks):
+            raise ValueError("a block is empty or too long")

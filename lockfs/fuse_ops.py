@@ -1,10 +1,11 @@
 """The pyfuse3 adapter: maps FUSE requests onto the node table and errors onto errnos.
 
 Kept thin on purpose: every rule about names, references, reclaim, limits and the errnos of
-refused requests lives in :mod:`lockfs.nodes`, where the unit and model tests see it. A handler
-passes its arguments on to one table method of the same name (READDIRPLUS: ``readdirplus``,
-RELEASEDIR: ``release``, STATFS: ``capacity``) and turns what it returns into a reply. What
-this module decides itself is the FUSE protocol side (tested on a real mount in
+refused requests lives in the node table (:class:`lockfs.nodes.NodeTable` and the modules it
+builds on), where the unit and model tests see it. A handler passes its arguments on to one
+table method of the same name (READDIRPLUS: ``readdirplus``, RELEASEDIR: ``release``, STATFS:
+``capacity``) and turns what it returns into a reply; FLUSH, FSYNC and FSYNCDIR call none (see
+below). What this module decides itself is the FUSE protocol side (tested on a real mount in
 tests/test_fuse_ops.py):
 
 * Every handler is wrapped by :func:`_handler`: a :class:`~lockfs.nodes.FsError` becomes its
@@ -17,6 +18,8 @@ tests/test_fuse_ops.py):
   the handle, find their node without a handle table.
 * FLUSH answers ENOSYS once, after which the kernel stops sending it: a lock cycle is then
   OPEN + RELEASE only. Locks never need FLUSH: the kernel keeps them (no lock handlers here).
+  FSYNC and FSYNCDIR succeed without a word to the table: everything lives in memory (and a
+  data file's mirror, lockfs.persist, is written before the table changes it).
 * Entries and attributes are cached by the kernel for a long time: the kernel sees every change
   to the namespace itself, and the only change it does not see, reclaim, happens after the
   kernel has forgotten the node. Directory entries are the exception: the kernel must

@@ -18,10 +18,10 @@ never sets it. Its value is a comma-separated list of hooks:
 ``raise-at=HANDLER:N``
     Once a request has named ``__lockfs_arm__`` (say, a ``stat`` of it: the test's set-up is
     done), the next request served by HANDLER (``rename``, ``unlink``, ``forget``, ...) raises
-    at the N-th line the node table's code (lockfs/nodes.py, entryorder.py, filedata.py)
-    executes for it (:class:`LineFault`, with ``sys.settrace`` on the thread that serves
-    requests; if it runs fewer lines, no fault): a bug at any point of a change, for the
-    all-or-nothing tests.
+    at the N-th line the node table's code (:data:`TABLE_FILES`: lockfs/nodes.py and the
+    modules it builds on) executes for it (:class:`LineFault`, with ``sys.settrace`` on the
+    thread that serves requests; if it runs fewer lines, no fault): a bug at any point of a
+    change, for the all-or-nothing tests.
 ``watchdog-exit-only``
     The hang watchdog ends the process without aborting the connection through fusectl, to
     show that the exit alone aborts it.
@@ -54,7 +54,7 @@ from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Any
 
-from . import entryorder, filedata, nodes
+from . import entryorder, filedata, idle, limits, namespace, node, nodes
 
 ENV = "LOCKFS_TEST_HOOKS"
 
@@ -173,8 +173,11 @@ def _deadlock_on_deadlock_name(handler: str, args: tuple[Any, ...]) -> None:
         threading.Event().wait()
 
 
-#: The files of the node table's code, whose lines ``raise-at`` counts.
-TABLE_FILES = frozenset(module.__file__ for module in (nodes, entryorder, filedata))
+#: The files of the node table's code, whose lines ``raise-at`` counts: nodes.py and every
+#: module it builds on.
+TABLE_FILES = frozenset(
+    module.__file__ for module in (nodes, namespace, idle, limits, node, entryorder, filedata)
+)
 
 
 class LineFault:

@@ -3,12 +3,12 @@ executes for a request makes the adapter fail the mount closed, never answer.
 
 Each case sets up a table, then sends one request through the adapter (lockfs.fuse_ops) with
 the ``raise-at`` test hook (lockfs.testing_hooks.LineFault) raising at line 1, 2, ... of the
-table code (nodes.py, entryorder.py, filedata.py) it executes, until a run executes fewer
-lines than asked (no fault). Every fault must reach the fail-closed path exactly once, with
-the request's name and arguments and the injected exception, and the handler must not answer
-(no reply, no FUSE error); the run without a fault completes the change, and the table passes
-its consistency check. Nothing of this needs a mount: the real-mount version, with held locks
-and the ENOTCONN that follows, is tests/test_fail_closed.py.
+table code (testing_hooks.TABLE_FILES: nodes.py and every module it builds on) it executes,
+until a run executes fewer lines than asked (no fault). Every fault must reach the fail-closed
+path exactly once, with the request's name and arguments and the injected exception, and the
+handler must not answer (no reply, no FUSE error); the run without a fault completes the
+change, and the table passes its consistency check. Nothing of this needs a mount: the
+real-mount version, with held locks and the ENOTCONN that follows, is tests/test_fail_closed.py.
 """
 
 from __future__ import annotations

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from lockfs.testing_hooks import (
     ARM_NAME,
     FAULT_NAME,
     NO_HOOKS,
+    TABLE_FILES,
     HookError,
     LineFault,
     TestHooks,
@@ -84,3 +87,24 @@ def test_switch_over_pause_hook(
 def test_unknown_hooks_are_refused(value: str) -> None:
     with pytest.raises(HookError, match="unknown test hook"):
         from_environment({"LOCKFS_TEST_HOOKS": value})
+
+
+def test_raise_at_traces_every_module_the_table_is_made_of() -> None:
+    """Each lockfs module that nodes.py builds on (imports, directly or not) is in TABLE_FILES,
+    so a fault can be injected at any line of table code; options.py only gives defaults and
+    tablecheck.py is the tests' consistency check, never run for a request."""
+    untraced = {"lockfs.options", "lockfs.tablecheck"}
+    seen: set[str] = set()
+    todo = ["lockfs.nodes"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            home = getattr(value, "__module__", None) or getattr(value, "__name__", None)
+            if isinstance(home, str) and home.startswith("lockfs.") and home not in untraced:
+                todo.append(home)
+    files = {importlib.import_module(name).__file__ for name in seen}
+    assert len(files) >= 7 and files == set(TABLE_FILES)
