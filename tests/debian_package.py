@@ -81,8 +81,11 @@ def host_lockfs_state() -> dict[str, object]:
     /run/proxmox-backup/locks and the pids of lockfs daemons serving that path."""
     query = run("dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Status}|${Version}", "lockfs")
     daemons = []
+    here = os.readlink("/proc/self/ns/mnt")
     for pid in (name for name in os.listdir("/proc") if name.isdigit()):
         try:
+            if os.readlink(f"/proc/{pid}/ns/mnt") != here:
+                continue  # a container's (the system tests'), not this host's
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue

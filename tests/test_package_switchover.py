@@ -27,9 +27,10 @@ def test_users_are_found_by_inode_after_a_rename(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-c",
-                "import os, sys; from lockfs.switchover import scan, users_of; "
-                "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY); "
-                "print('\\n'.join(users_of(scan(fd, sys.argv[1]))))",
+                "import os, sys; from lockfs.dirfd_tree import scan; "
+                "from lockfs.switchover import users_of; "
+                "root = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY); "
+                "print('\\n'.join(users_of(scan(root, sys.argv[1]))))",
                 str(tmp_path / "aside"),
             ],
             capture_output=True,

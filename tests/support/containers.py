@@ -366,6 +366,8 @@ class Container:
             except subprocess.TimeoutExpired:
                 self.nspawn.kill()
                 self.nspawn.wait(timeout=30)
+        if self.leader:
+            wait_until(lambda: not Path(f"/proc/{self.leader}").exists(), 30)
         remove_overlay(self.workdir)
 
     def running(self) -> bool:

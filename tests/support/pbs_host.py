@@ -34,6 +34,8 @@ SERVICES = ("proxmox-backup.service", "proxmox-backup-proxy.service")
 STANDIN_UNITS = HELPERS / "pbs-standin"
 UNIT_DIR = "/usr/lib/systemd/system"
 LOCKER = f"{CHECKOUT}/tests/helpers/locker.py"
+#: PBS's move-journal: a data file; the proxy stand-in appends a line at every start.
+JOURNAL = f"{LOCKS}/store1/move-journal"
 #: The locks the stand-ins hold while they run (pbs_standin.hold_locks).
 HELD_LOCKS = {
     "proxmox-backup-proxy.service": f"{LOCKS}/store1/a:b:c/vm-100",
@@ -188,6 +190,13 @@ class PbsHost(Container):
 
     def let_go(self, unit: str) -> None:
         self.run("systemctl", "stop", unit)
+
+    def journal_kept(self, before: str) -> None:
+        """``move-journal`` still holds ``before`` and, after it, one line of every start of
+        the proxy since (a data file lives until reboot, restarts and recoveries included)."""
+        now = self.run("cat", JOURNAL).stdout
+        assert now.startswith(before), (before, now)
+        assert re.fullmatch(r"(proxy started pid \d+\n)+", now[len(before) :]), now
 
     def dpkg_status(self) -> str:
         """``dpkg-query``'s abbreviated status and version of lockfs (e.g. ``ii  0.1.0``), or
