@@ -77,6 +77,8 @@ ASIDE_SUFFIX = ".lockfs-switch-over"
 MOUNT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Exists while systemd runs the host (sd_booted(3)).
 SYSTEMD_RUNTIME = "/run/systemd/system"
+#: The mode bits a switched-over mount keeps from the old directory: none for others.
+OWNER_AND_GROUP = 0o7770
 
 
 class Refused(Exception):
@@ -218,8 +220,11 @@ def plan(path: str, extra_options: str = "") -> Plan | None:
                 f"systemd mounts {path} with {p.unit}, whose Options= apply: change them there "
                 "(systemctl edit --full) instead of giving --options"
             )
+        # Others get no access to the new mount, whatever the old directory allowed them
+        # (lockfs(8), SECURITY): owner and group keep theirs.
+        mode = stat.S_IMODE(st.st_mode) & OWNER_AND_GROUP
         p.options = (
-            f"uid={st.st_uid},gid={st.st_gid},mode={stat.S_IMODE(st.st_mode):04o},"
+            f"uid={st.st_uid},gid={st.st_gid},mode={mode:04o},"
             "nosuid,nodev,noexec" + (f",{extra_options}" if extra_options else "")
         )
         try:

@@ -215,7 +215,8 @@ def assert_clean_refusal(result: Outcome, *names: object) -> None:
 
 def test_a_plain_directory_others_can_write_is_switched_over(site: Site) -> None:
     """The way it must keep working: the journal carried with its owner, mode and content,
-    the stale lock files and the old tree gone, the mountpoint left changeable."""
+    the stale lock files and the old tree gone, the mountpoint left changeable; the old 0755
+    becomes 0750 (others get no access to the mount)."""
     result = site.run(site.locks)
     assert result.returncode == 0, result.stderr
     assert "Carried over: store1/move-journal (62 bytes)" in result.stdout
@@ -223,7 +224,7 @@ def test_a_plain_directory_others_can_write_is_switched_over(site: Site) -> None
     (entry,) = entries_at(site.locks)
     assert entry.fstype == FSTYPE
     st = site.locks.stat()
-    assert (st.st_ino, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1, 34, 34, 0o755)
+    assert (st.st_ino, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1, 34, 34, 0o750)
     journal = site.locks / "store1" / "move-journal"
     jst = journal.stat()
     assert (jst.st_uid, jst.st_gid, stat.S_IMODE(jst.st_mode)) == (34, 34, 0o640)
