@@ -223,9 +223,8 @@ def plan(path: str, extra_options: str = "") -> Plan | None:
         # Others get no access to the new mount, whatever the old directory allowed them
         # (lockfs(8), SECURITY): owner and group keep theirs.
         mode = stat.S_IMODE(st.st_mode) & OWNER_AND_GROUP
-        p.options = (
-            f"uid={st.st_uid},gid={st.st_gid},mode={mode:04o},"
-            "nosuid,nodev,noexec" + (f",{extra_options}" if extra_options else "")
+        p.options = f"uid={st.st_uid},gid={st.st_gid},mode={mode:04o},nosuid,nodev,noexec" + (
+            f",{extra_options}" if extra_options else ""
         )
         try:
             parsed = parse_options([p.options], MountOptions())
