@@ -46,6 +46,22 @@ RECIPE = "1"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 #: Debian's tools, whatever comes first on this process's PATH.
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+#: Runs the command that follows in a mount namespace of its own, with no propagation from
+#: this host and none of its FUSE mounts (detached there only): a container must not keep a
+#: copy of a test's lockfs mount, whose daemon would then never see its unmount end the
+#: session (the `exec` keeps the pid, which :func:`find_leader` starts from).
+WITHOUT_HOST_FUSE_MOUNTS = (
+    "unshare",
+    "--mount",
+    "--propagation=private",
+    "--",
+    "sh",
+    "-c",
+    "awk '$3 == \"fuse\" || $3 ~ /^fuse\\./ { print $2 }' /proc/self/mounts |"
+    ' while read -r mp; do umount -l "$(printf \'%b\' "$mp")"; done;'
+    ' exec "$@"',
+    "sh",
+)
 #: What every root holds: systemd as init, lockfs's dependencies (so that the .deb installs
 #: offline), and what the tests and the PBS stand-ins run (python3, procps, psmisc, man-db).
 BASE_PACKAGES = (
@@ -287,6 +303,7 @@ class Container:
             console.flush()
             self.nspawn = subprocess.Popen(
                 [
+                    *WITHOUT_HOST_FUSE_MOUNTS,
                     "systemd-nspawn",
                     "--quiet",
                     "--register=no",
