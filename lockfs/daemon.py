@@ -116,6 +116,10 @@ class Daemon:
         try:
             trio.run(self._serve, on_ready)
         finally:
+            # Exiting: ignored for good (see _handle_signals; Python resets handlers to the
+            # default at interpreter exit, SIG_IGN it keeps).
+            for signum in HANDLED_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
             if self.watchdog is not None:
                 self.watchdog.stop()
             self._close()
@@ -157,6 +161,13 @@ class Daemon:
 
     async def _handle_signals(self) -> None:
         """SIGTERM/SIGINT: unmount if nothing is open, else log why not and keep serving."""
+        # What the receiver puts back when it closes, once the session is over: a signal sent
+        # again by an impatient caller must not kill the daemon half-way through its exit
+        # (dropping a large table takes a while). A handler, not SIG_IGN, which would discard
+        # a signal that arrived during start-up (blocked until the receiver is open); serve()
+        # ignores them once trio is done.
+        for handled in HANDLED_SIGNALS:
+            signal.signal(handled, _ignore_signal)
         with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             async for signum in signals:
@@ -235,3 +246,7 @@ class Daemon:
         else:
             pyfuse3.close(unmount=False)
         log.info("lockfs at %s stopped", self.mountpoint)
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """The handler of the shutdown signals once the daemon no longer serves."""
