@@ -14,6 +14,7 @@ import logging
 import os
 import resource
 import signal
+import threading
 from collections.abc import Callable
 
 import pyfuse3
@@ -30,7 +31,7 @@ from .nodes import Limits, NodeTable, ReclaimPolicy
 from .options import MountOptions
 from .reclaimer import reclaim_loop
 from .testing_hooks import NO_HOOKS, TestHooks
-from .watchdog import Watchdog
+from .watchdog import FailClosed, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +77,21 @@ class Daemon:
         )
         self.ops = LockOperations(self.table, trace=options.debug)
         self.ops.fault_hook = hooks.request_hook()
+        #: Ends the daemon when it can no longer be trusted to serve (from any thread): one
+        #: log line with the reason, every thread's stack, the FUSE connection aborted, exit 70.
+        self.fail_closed = FailClosed(
+            self.mountpoint, self._device, abort=not hooks.watchdog_exit_only
+        )
+        #: Counts the requests the loop completes (set by mount(): the watchdog's progress).
+        self.request_loop: request_loop.RequestLoop | None = None
         self.watchdog: Watchdog | None = None
         if options.hang_timeout:
             self.watchdog = Watchdog(
                 options.hang_timeout,
                 self.ops,
-                mountpoint=self.mountpoint,
-                device=self._device,
-                abort=not hooks.watchdog_exit_only,
+                self.fail_closed,
+                progress=self._requests_completed,
+                fault=hooks.watchdog_hook(),
             )
         #: What the control socket answers (status, node info).
         self.commands = ControlCommands(self.mountpoint, self.table, self.ops, options)
@@ -103,7 +111,7 @@ class Daemon:
         """
         os.close(rootfiles.private_dir(os.path.dirname(socket_path(self.mountpoint))))
         raise_open_file_limit()
-        request_loop.install()
+        self.request_loop = request_loop.install()
         pyfuse3.init(self.ops, self.mountpoint, self.options.fuse_options(self.fsname))
         self._mounted = True
         # The caller holds the mountpoint claim, so the topmost lockfs here is this one.
@@ -113,6 +121,7 @@ class Daemon:
 
     def serve(self, on_ready: Callable[[], None] = lambda: None) -> None:
         """Serve requests until the filesystem is unmounted, then clean up."""
+        threading.excepthook = _log_thread_exception
         try:
             trio.run(self._serve, on_ready)
         finally:
@@ -125,6 +134,7 @@ class Daemon:
             self._close()
 
     async def _serve(self, on_ready: Callable[[], None]) -> None:
+        self.fail_closed.find_connection()
         async with trio.open_nursery() as nursery:
             self.invalidator.start()
             nursery.start_soon(reclaim_loop, self.table, self.invalidator.submit)
@@ -151,6 +161,10 @@ class Daemon:
             self._session_ended = True
             log.info("FUSE session ended")
             nursery.cancel_scope.cancel()
+
+    def _requests_completed(self) -> int:
+        """Requests the loop has completed (the watchdog's sign of progress)."""
+        return self.request_loop.passes if self.request_loop is not None else 0
 
     def _device(self) -> int:
         """The mount's device number, from the mount table (never by stat'ing the mount)."""
@@ -250,3 +264,16 @@ class Daemon:
 
 def _ignore_signal(signum: int, frame: object) -> None:
     """The handler of the shutdown signals once the daemon no longer serves."""
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception that ends any thread is logged with its traceback (stderr is /dev/null in
+    a detached daemon); the threads' keepers act on the death itself."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    log.critical(
+        "internal error in thread %s; it has ended",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )
