@@ -93,15 +93,22 @@ class Daemon:
                 progress=self._requests_completed,
                 fault=hooks.watchdog_hook(),
             )
+        #: Sends the reclaimer's invalidations from a thread of its own (and replaces that
+        #: thread when it dies or gets stuck).
+        self.invalidator = EntryInvalidator(
+            hooks.invalidation_hook(pyfuse3.invalidate_entry),
+            path_of=self._directory_path,
+            fail_closed=self.fail_closed,
+        )
         #: What the control socket answers (status, node info).
-        self.commands = ControlCommands(self.mountpoint, self.table, self.ops, options)
+        self.commands = ControlCommands(
+            self.mountpoint, self.table, self.ops, options, self.invalidator
+        )
         self._mounted = False
         #: The mount ID of this daemon's mount (None before mounting).
         self.mount_id: int | None = None
         #: Set once the kernel ended the FUSE session: the mount is gone, nothing to unmount.
         self._session_ended = False
-        #: Sends the reclaimer's invalidations from a thread of its own.
-        self.invalidator = EntryInvalidator()
 
     def mount(self) -> None:
         """Mount the filesystem (requests wait in the kernel until :meth:`serve` runs).
@@ -137,6 +144,7 @@ class Daemon:
         self.fail_closed.find_connection()
         async with trio.open_nursery() as nursery:
             self.invalidator.start()
+            nursery.start_soon(self.invalidator.watch)
             nursery.start_soon(reclaim_loop, self.table, self.invalidator.submit)
             nursery.start_soon(self._handle_signals)
             if self.options.metrics_file:
@@ -165,6 +173,14 @@ class Daemon:
     def _requests_completed(self) -> int:
         """Requests the loop has completed (the watchdog's sign of progress)."""
         return self.request_loop.passes if self.request_loop is not None else 0
+
+    def _directory_path(self, ino: int) -> str:
+        """The absolute path of directory inode ``ino`` (for log lines and the status)."""
+        node = self.table.nodes.get(ino)
+        if node is None:
+            return f"{self.mountpoint} (directory inode {ino}, gone)"
+        relative = node.path().decode("utf-8", "backslashreplace")
+        return os.path.join(self.mountpoint, relative) if relative else self.mountpoint
 
     def _device(self) -> int:
         """The mount's device number, from the mount table (never by stat'ing the mount)."""
