@@ -242,6 +242,8 @@ class FailClosed:
             writer = threading.Thread(target=emit, name="lockfs-fail-closed-log", daemon=True)
             writer.start()
             writer.join(LOG_GRACE)
+            if self.abort and self._connection is None:
+                self.find_connection()  # failing before serving began
             if self.abort and self._connection is not None:
                 abort_connection(self._connection)
             self._exit(EXIT_FAILED_CLOSED)

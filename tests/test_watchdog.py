@@ -98,7 +98,7 @@ def test_the_stall_line_names_the_request_and_its_caller(caplog: pytest.LogCaptu
         async def lookup(self, parent_inode: int, name: bytes, ctx: object) -> None: ...
 
     exits: list[int] = []
-    fail = FailClosed("/run/locks", device=lambda: 0, exit=exits.append)
+    fail = FailClosed("/run/locks", device=lambda: 0, abort=False, exit=exits.append)
     dog = Watchdog(1.0, Ops(), fail)
     args = (1, b"vm-100", Ctx())
     with caplog.at_level(logging.ERROR):
