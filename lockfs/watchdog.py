@@ -38,9 +38,10 @@ also what any other unrecoverable fault calls):
 
 Who watches the watchdog: the trio task that beats also checks, at every beat, that the
 watchdog thread is alive and has sampled within ``hang_timeout``; if not, it logs why and fails
-closed itself. If the watchdog thread itself was not scheduled for a while (the whole process
-stopped by SIGSTOP, a VM paused), it restarts its observation rather than blame the loop for
-time it did not run either; the trio side does the same for the watchdog.
+closed itself. Time the watchdog thread itself did not run (a sample later than its interval:
+the whole process stopped by SIGSTOP or starved of CPU, a VM paused, the interpreter lock held
+by a full garbage collection of a large table) is not counted against the loop, which did not
+run either; the trio side excuses its own late checks the same way.
 """
 
 from __future__ import annotations
@@ -123,10 +124,16 @@ class StallDetector:
         self._request_since = 0.0
 
     def observe(self, now: float, progress: int, serving: tuple[Any, ...] | None) -> Stall | None:
-        late = self._last_sample is not None and now - self._last_sample > 2 * self.interval + 1
+        if self._last_sample is not None:
+            # Time this sample came late is time the watchdog did not run: the process was
+            # stopped or starved, or the interpreter lock held (a garbage collection of a
+            # large table takes it for tens of milliseconds, more on a loaded machine). The
+            # loop did not run either: not counted against it.
+            lost = now - self._last_sample - self.interval
+            if lost > 0:
+                self._loop_since += lost
+                self._request_since += lost
         self._last_sample = now
-        if late:  # the watchdog did not run either: do not count that time against the loop
-            self._loop_since = self._request_since = now
         if progress != self._progress:
             self._progress = progress
             self._loop_since = now
@@ -277,6 +284,9 @@ class Watchdog:
         #: When the thread last sampled, and when the trio side last checked it (monotonic).
         self.sampled_at = 0.0
         self._checked_at: float | None = None
+        #: The sample the trio side last saw, and the time since then it excuses.
+        self._sample_seen = 0.0
+        self._excused = 0.0
         self._stop = threading.Event()
         self._firing = False
         self._thread: threading.Thread | None = None
@@ -302,22 +312,26 @@ class Watchdog:
 
     def check_thread(self, now: float) -> None:
         """From the trio side: fail closed if the watchdog thread ended or has not sampled for
-        ``hang_timeout`` (a wake-up of this check that came late restarts that time: the whole
-        process did not run)."""
+        ``hang_timeout`` + two intervals (time this check itself came late is not counted:
+        nothing in the process ran)."""
         thread = self._thread
         if thread is None or self._stop.is_set() or self._firing:
             return
-        late = self._checked_at is not None and now - self._checked_at > 2 * self.interval + 1
+        if self._checked_at is not None:
+            lost = now - self._checked_at - self.interval / 2
+            if lost > 0:
+                self._excused += lost
         self._checked_at = now
-        if late:
-            self.sampled_at = max(self.sampled_at, now)
+        if self.sampled_at != self._sample_seen:  # it sampled since: nothing to excuse
+            self._sample_seen, self._excused = self.sampled_at, 0.0
+        silent = now - self.sampled_at - self._excused
         if not thread.is_alive():
             self._firing = True
             self.fail_closed("the hang watchdog thread has ended (see the error logged before)")
-        elif now - self.sampled_at >= self.timeout + 2 * self.interval:
+        elif silent >= self.timeout + 2 * self.interval:
             self._firing = True
             self.fail_closed(
-                f"the hang watchdog thread has not run for {now - self.sampled_at:.1f} s "
+                f"the hang watchdog thread has not run for {silent:.1f} s "
                 f"(hang_timeout={self.timeout:g})"
             )
 

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -78,13 +79,69 @@ def test_a_loop_stopped_inside_a_request_names_the_request() -> None:
 
 
 def test_time_the_watchdog_did_not_run_is_not_blamed_on_the_loop() -> None:
-    """A process stopped (SIGSTOP) or a VM paused: the watchdog wakes late and starts over."""
+    """A process stopped (SIGSTOP) or a VM paused: the watchdog wakes 30 s late; that time is
+    not counted, only the interval it would have waited anyway."""
     detector = StallDetector(timeout=1.0, interval=0.1)
     stuck = (1, b"x")
     assert detector.observe(0.0, 1, stuck) is None
     assert detector.observe(30.0, 1, stuck) is None  # 30 s later: the watchdog was not running
-    assert detector.observe(30.5, 1, stuck) is None
-    assert detector.observe(31.0, 1, stuck) is not None  # then stuck for a full timeout
+    for step in range(1, 9):
+        assert detector.observe(30.0 + step / 10, 1, stuck) is None
+    stall = detector.observe(30.9, 1, stuck)
+    assert stall is not None and stall.args is stuck and stall.seconds == pytest.approx(1.0)
+
+
+def test_a_garbage_collection_pause_is_not_a_hang() -> None:
+    """A full garbage collection of a large table holds the interpreter lock for a while on a
+    loaded machine: neither the loop nor the watchdog runs, and the sample after it comes that
+    much late. With hang_timeout=0.5, a 0.6 s pause in a busy loop must not trip; a loop that
+    really stops (samples on time) still trips at the timeout."""
+    detector = StallDetector(timeout=0.5, interval=0.05)
+    now, progress = 0.0, 0
+    for _ in range(20):
+        now, progress = now + 0.05, progress + 3
+        assert detector.observe(now, progress, None) is None
+    now += 0.05 + 0.6  # the pause: this sample is 0.6 s late, no request completed meanwhile
+    assert detector.observe(now, progress, None) is None
+    for step in range(1, 9):  # then the loop stops for real, the watchdog samples on time
+        assert detector.observe(now + step * 0.05, progress, None) is None
+    assert detector.observe(now + 0.5, progress, None) is not None
+
+
+def test_the_trio_side_fails_closed_when_the_watchdog_thread_stops_sampling() -> None:
+    """Checked at every beat (interval / 2): a watchdog thread that has not sampled for
+    hang_timeout + two intervals fails the mount closed; time the check itself came late (the
+    whole process did not run) is excused."""
+
+    class Ops:
+        serving_name = ""
+        serving_args: tuple[Any, ...] | None = None
+
+    failures: list[str] = []
+    dog = Watchdog(1.0, Ops(), failures.append)  # interval 0.1, beats every 0.05
+    release = threading.Event()
+    dog._thread = threading.Thread(target=release.wait, daemon=True)  # alive, never samples
+    dog._thread.start()
+    try:
+        dog.sampled_at = 0.0
+        now = 0.0
+        for _ in range(10):
+            now += 0.05
+            dog.check_thread(now)
+        now += 0.05 + 2.0  # a late check: the process did not run for 2 s
+        dog.check_thread(now)
+        assert failures == []
+        while not failures:
+            now += 0.05
+            dog.check_thread(now)
+        assert failures[0].startswith("the hang watchdog thread has not run for 1.2 s")
+        assert now == pytest.approx(0.5 + 2.05 + 0.7)  # 1.2 s of on-time checks in all
+    finally:
+        release.set()
+    dog._thread.join(5)
+    dog._firing = False
+    dog.check_thread(now + 0.05)
+    assert failures[1] == "the hang watchdog thread has ended (see the error logged before)"
 
 
 def test_the_stall_line_names_the_request_and_its_caller(caplog: pytest.LogCaptureFixture) -> None:
