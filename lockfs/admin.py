@@ -30,8 +30,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .control import ControlError, NoProperAnswer, query, query_status
+from .linux import ofd_holders, read_proc_locks
 from .locks import format_table as format_lock_table
-from .locks import lock_rows, ofd_holders, read_proc_locks
+from .locks import lock_rows
 from .metrics import prometheus_text
 from .mounts import FSTYPE, entries_at, mount_holding, resolve
 from .status import format_text
@@ -182,7 +183,7 @@ def status_main(argv: Sequence[str]) -> int:
     """Show the counters of the daemon serving MOUNTPOINT.
 
     Live entries, what was created and reclaimed since the mount, requests by type, faults
-    (handler errors answered with EIO), memory and the mount options in force.
+    (internal errors; each fails the mount closed), memory and the mount options in force.
     """
     parser = subcommand_parser("status", status_main)
     parser.add_argument("mountpoint")

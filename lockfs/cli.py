@@ -51,6 +51,7 @@ from .admin import (
     summary,
 )
 from .admin import fail as _fail
+from .heal import heal_main
 from .mounts import (
     MountError,
     MountpointClaim,
@@ -74,13 +75,17 @@ USAGE = """\
 usage: lockfs COMMAND [ARGUMENTS]
        lockfs [SOURCE] MOUNTPOINT [-o OPTIONS] [-f] [-d]"""
 
+_DEFAULTS = MountOptions()
 _OPTIONS_HELP = (
     "Options (-o, comma-separated): uid=USER, gid=GROUP, mode=OCTAL (root directory), "
-    "reclaim_delay=SECONDS (idle empty files, default 0.5), dir_grace=SECONDS (idle "
-    "empty directories, default 10), max_entries=N (default 1000000), "
-    "max_file_size=SIZE (default 64M), max_depth=N (default 32), metrics_file=PATH, "
-    "metrics_interval=SECONDS (default 15), hang_timeout=SECONDS (a daemon stuck this long "
-    "fails closed: its mount answers ENOTCONN; default 30, 0: never), debug, and the usual "
+    f"reclaim_delay=SECONDS (idle empty files, default {_DEFAULTS.reclaim_delay:g}), "
+    f"dir_grace=SECONDS (idle empty directories, default {_DEFAULTS.dir_grace:g}), "
+    f"max_entries=N (default {_DEFAULTS.max_entries}), "
+    f"max_file_size=SIZE (default {_DEFAULTS.max_file_size >> 20}M), "
+    f"max_depth=N (default {_DEFAULTS.max_depth}), metrics_file=PATH, "
+    f"metrics_interval=SECONDS (default {_DEFAULTS.metrics_interval:g}), "
+    "hang_timeout=SECONDS (a daemon stuck this long fails closed: its mount answers ENOTCONN; "
+    f"default {_DEFAULTS.hang_timeout:g}, 0: never), debug, and the usual "
     "kernel flags (nosuid, nodev, noexec, noatime, ...). Options for mount(8), fstab and "
     "systemd (nofail, _netdev, x-systemd.*, ...) are accepted and ignored."
 )
@@ -108,8 +113,9 @@ def _mount_parser() -> CommandParser:
     return parser
 
 
-#: Every command by name: ``mount`` and the admin commands of lockfs.admin.SUBCOMMANDS.
-COMMANDS: dict[str, Subcommand] = {"mount": mount_main, **SUBCOMMANDS}
+#: Every command by name: ``mount``, the admin commands of lockfs.admin.SUBCOMMANDS, and
+#: ``heal`` (lockfs.heal: the self-healing watcher lockfs-heal.service runs).
+COMMANDS: dict[str, Subcommand] = {"mount": mount_main, **SUBCOMMANDS, "heal": heal_main}
 
 
 def _help() -> str:

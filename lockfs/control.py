@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -242,13 +243,15 @@ class NoProperAnswer(ControlError):
     empty, truncated, or not the JSON document the protocol promises."""
 
 
-def query(mountpoint: str, command: str, timeout: float = 10.0) -> Any:
+def query(mountpoint: str, command: str, timeout: float = 10.0, *, resolve: bool = True) -> Any:
     """Send ``command`` to the daemon serving ``mountpoint`` and return its result.
 
     Every failure raises :class:`ControlError` (never ``OSError`` or a JSON error); the whole
-    exchange, connect to last byte, takes at most ``timeout`` seconds.
+    exchange, connect to last byte, takes at most ``timeout`` seconds. ``resolve=False`` takes
+    ``mountpoint`` as absolute and free of symlinks already: resolving it stats the mount,
+    which waits for a stuck daemon (the self-healing watcher must never wait).
     """
-    resolved = os.path.realpath(mountpoint)
+    resolved = os.path.realpath(mountpoint) if resolve else mountpoint
     path = socket_path(resolved)
     deadline = time.monotonic() + timeout
     try:
@@ -336,12 +339,31 @@ def _unreachable(mountpoint: str, resolved: str, path: str, exc: OSError) -> str
     )
 
 
-def query_status(mountpoint: str, timeout: float = 10.0) -> MountStatus:
-    """The status of the mount at ``mountpoint``."""
-    result = query(mountpoint, "status", timeout)
+def query_status(mountpoint: str, timeout: float = 10.0, *, resolve: bool = True) -> MountStatus:
+    """The status of the mount at ``mountpoint`` (``resolve``: see :func:`query`)."""
+    result = query(mountpoint, "status", timeout, resolve=resolve)
     try:
         return MountStatus.from_json(result)
     except ValueError as exc:
         raise NoProperAnswer(
             f"the lockfs daemon of {mountpoint} sent a bad status: {exc}"
         ) from None
+
+
+#: struct ucred: pid, uid, gid (three 32-bit integers).
+PEERCRED_SIZE = 12
+
+
+def listener_pid(mountpoint: str) -> int | None:
+    """The pid of the process listening on the control socket of ``mountpoint`` (absolute,
+    without symlinks), from the kernel's credentials of the listener (``SO_PEERCRED``): known
+    even while that process is stopped or stuck, as long as its backlog has room. None if
+    nobody listens."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK) as sock:
+        try:
+            sock.connect(socket_path(mountpoint))
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED_SIZE)
+        except OSError:
+            return None
+    pid = int.from_bytes(creds[:4], sys.byteorder, signed=True)
+    return pid if pid > 0 else None

@@ -16,6 +16,7 @@ import resource
 import signal
 import threading
 from collections.abc import Callable
+from typing import Any, NoReturn
 
 import pyfuse3
 import trio
@@ -29,9 +30,10 @@ from .metrics import keep_metrics_file
 from .mounts import FSTYPE, entries_at, is_busy, umount
 from .nodes import Limits, NodeTable, ReclaimPolicy
 from .options import MountOptions
+from .persist import DataMirror
 from .reclaimer import reclaim_loop
 from .testing_hooks import NO_HOOKS, TestHooks
-from .watchdog import FailClosed, Watchdog
+from .watchdog import EXIT_FAILED_CLOSED, FailClosed, Watchdog, describe_request
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED_SIGNALS = (*SHUTDOWN_SIGNALS, signal.SIGHUP)
 #: How long the daemon waits for the invalidation thread at exit (it is idle or nearly done).
 INVALIDATOR_STOP_TIMEOUT = 2.0
+#: Exit status of a daemon that failed closed on an internal error (EX_SOFTWARE, like a hang).
+EXIT_FAULT = EXIT_FAILED_CLOSED
 
 
 def raise_open_file_limit() -> None:
@@ -75,7 +79,12 @@ class Daemon:
             policy=ReclaimPolicy(options.reclaim_delay, options.dir_grace),
             limits=Limits(options.max_entries, options.max_file_size, options.max_depth),
         )
+        #: Keeps data files across restarts (restored in :meth:`mount`), or None.
+        self.mirror: DataMirror | None = None
+        if options.data_dir is not None:
+            self.mirror = DataMirror(self.table, options.data_dir, self.mountpoint)
         self.ops = LockOperations(self.table, trace=options.debug)
+        self.ops.fail_closed = self._fail_closed
         self.ops.fault_hook = hooks.request_hook()
         #: Ends the daemon when it can no longer be trusted to serve (from any thread): one
         #: log line with the reason, every thread's stack, the FUSE connection aborted, exit 70.
@@ -111,7 +120,8 @@ class Daemon:
         self._session_ended = False
 
     def mount(self) -> None:
-        """Mount the filesystem (requests wait in the kernel until :meth:`serve` runs).
+        """Load the data kept from earlier mounts, then mount the filesystem (requests wait in
+        the kernel until :meth:`serve` runs).
 
         Refused first, with the reason, when the control socket's directory is not root's
         alone (lockfs.rootfiles.private_dir; created 0700 when missing).
@@ -119,12 +129,35 @@ class Daemon:
         os.close(rootfiles.private_dir(os.path.dirname(socket_path(self.mountpoint))))
         raise_open_file_limit()
         self.request_loop = request_loop.install()
-        pyfuse3.init(self.ops, self.mountpoint, self.options.fuse_options(self.fsname))
+        if self.mirror is not None:
+            self._restore(self.mirror)
+        try:
+            pyfuse3.init(self.ops, self.mountpoint, self.options.fuse_options(self.fsname))
+        except BaseException:
+            if self.mirror is not None:
+                self.mirror.close()
+            raise
         self._mounted = True
         # The caller holds the mountpoint claim, so the topmost lockfs here is this one.
         ours = [e for e in entries_at(self.mountpoint, resolve_path=False) if e.fstype == FSTYPE]
         self.mount_id = ours[-1].mount_id if ours else None
         log.info("mounted lockfs at %s", self.mountpoint)
+
+    def _restore(self, mirror: DataMirror) -> None:
+        mirror.open()
+        try:
+            restored = mirror.restore()
+        except BaseException:
+            mirror.close()
+            raise
+        if restored.files:
+            log.info(
+                "restored %d data files (%d bytes, %d directories) from %s",
+                restored.files,
+                restored.bytes,
+                restored.dirs,
+                mirror.path,
+            )
 
     def serve(self, on_ready: Callable[[], None] = lambda: None) -> None:
         """Serve requests until the filesystem is unmounted, then clean up."""
@@ -132,8 +165,9 @@ class Daemon:
         try:
             trio.run(self._serve, on_ready)
         finally:
-            # Exiting: ignored for good (see _handle_signals; Python resets handlers to the
-            # default at interpreter exit, SIG_IGN it keeps).
+            # Ending: a late SIGTERM has nothing left to do, and must not kill the exit (trio
+            # gave the signals back the handler they had, see _handle_signals; Python resets
+            # handlers to the default at interpreter exit, SIG_IGN it keeps).
             for signum in HANDLED_SIGNALS:
                 signal.signal(signum, signal.SIG_IGN)
             if self.watchdog is not None:
@@ -164,9 +198,13 @@ class Daemon:
             # Handlers never wait, so one worker task serves every request in turn (more
             # tasks would only add scheduling); request_loop spares it most scheduler passes.
             await pyfuse3.main(min_tasks=1, max_tasks=1)
+            # Blocked again before trio gives the signals their default action back.
+            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
             if self.watchdog is not None:
                 self.watchdog.stop()
             self._session_ended = True
+            if self.mirror is not None:  # no request comes any more: a new mount may take it
+                self.mirror.close()
             log.info("FUSE session ended")
             nursery.cancel_scope.cancel()
 
@@ -181,6 +219,17 @@ class Daemon:
             return f"{self.mountpoint} (directory inode {ino}, gone)"
         relative = node.path().decode("utf-8", "backslashreplace")
         return os.path.join(self.mountpoint, relative) if relative else self.mountpoint
+
+    def _fail_closed(self, request: str, args: tuple[Any, ...], exc: Exception) -> NoReturn:
+        """A handler raised an unexpected exception: the change it was making may be half
+        done, and the kernel (which got no answer) has not applied it, so the table may
+        disagree with the kernel. Never serve it: :attr:`fail_closed` with one log line (the
+        request, its arguments, the exception and its traceback), the FUSE connection aborted
+        (every caller gets ECONNABORTED, then ENOTCONN, as after a hang), exit EXIT_FAULT."""
+        request_text = describe_request(self.ops, request, args)
+        reason = f"internal error in {request_text}: {type(exc).__name__}: {exc}"
+        self.fail_closed(reason, exc)
+        os._exit(EXIT_FAULT)  # not reached: fail_closed ends the process
 
     def _device(self) -> int:
         """The mount's device number, from the mount table (never by stat'ing the mount)."""
@@ -275,6 +324,8 @@ class Daemon:
             log.warning("an entry invalidation is still blocked in the kernel")
         else:
             pyfuse3.close(unmount=False)
+        if self.mirror is not None:
+            self.mirror.close()
         log.info("lockfs at %s stopped", self.mountpoint)
 
 

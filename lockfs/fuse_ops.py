@@ -1,20 +1,25 @@
 """The pyfuse3 adapter: maps FUSE requests onto the node table and errors onto errnos.
 
 Kept thin on purpose: every rule about names, references, reclaim, limits and the errnos of
-refused requests lives in :mod:`lockfs.nodes`, where the unit and model tests see it. A handler
-passes its arguments on to one table method of the same name (READDIRPLUS: ``readdirplus``,
-RELEASEDIR: ``release``, STATFS: ``capacity``) and turns what it returns into a reply. What
-this module decides itself is the FUSE protocol side (tested on a real mount in
+refused requests lives in the node table (:class:`lockfs.nodes.NodeTable` and the modules it
+builds on), where the unit and model tests see it. A handler passes its arguments on to one
+table method of the same name (READDIRPLUS: ``readdirplus``, RELEASEDIR: ``release``, STATFS:
+``capacity``) and turns what it returns into a reply; FLUSH, FSYNC and FSYNCDIR call none (see
+below). What this module decides itself is the FUSE protocol side (tested on a real mount in
 tests/test_fuse_ops.py):
 
 * Every handler is wrapped by :func:`_handler`: a :class:`~lockfs.nodes.FsError` becomes its
-  errno, any other exception is logged with its request and answered with EIO, so a bug never
-  takes the mount down. Requests are counted by type, and the one in service is recorded for
-  the hang watchdog.
+  errno; any other exception is a bug that may have left a change half made, so the table may
+  no longer agree with the kernel (which applies a change only when it gets an answer). It is
+  never answered: :attr:`LockOperations.fail_closed` (the daemon's) logs it with its request,
+  aborts the FUSE connection and ends the process, so nothing is served from that table.
+  Requests are counted by type, and the one in service is recorded for the hang watchdog.
 * File handles are inode numbers (never reused), so RELEASE, READ and WRITE, which only carry
   the handle, find their node without a handle table.
 * FLUSH answers ENOSYS once, after which the kernel stops sending it: a lock cycle is then
   OPEN + RELEASE only. Locks never need FLUSH: the kernel keeps them (no lock handlers here).
+  FSYNC and FSYNCDIR succeed without a word to the table: everything lives in memory (and a
+  data file's mirror, lockfs.persist, is written before the table changes it).
 * Entries and attributes are cached by the kernel for a long time: the kernel sees every change
   to the namespace itself, and the only change it does not see, reclaim, happens after the
   kernel has forgotten the node. Directory entries are the exception: the kernel must
@@ -30,7 +35,7 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar, cast
 
 import pyfuse3
 
@@ -45,6 +50,7 @@ BLOCK_SIZE = 4096
 DIRENT_SIZE = 20
 
 R = TypeVar("R")
+P = ParamSpec("P")
 
 
 def _absent_entry() -> pyfuse3.EntryAttributes:
@@ -62,11 +68,25 @@ def _absent_entry() -> pyfuse3.EntryAttributes:
 ABSENT = _absent_entry()
 
 
-def _handler(fn: Callable[..., R]) -> Callable[..., Coroutine[Any, Any, R]]:
+#: What an internal error in a handler is handed to: the handler's name, its arguments and
+#: the exception. It must not return (the daemon's aborts the connection and exits).
+FailClosed = Callable[[str, tuple[Any, ...], Exception], NoReturn]
+
+
+def _handler(
+    fn: Callable[Concatenate[LockOperations, P], R],
+) -> Callable[Concatenate[LockOperations, P], Coroutine[Any, Any, R]]:
     """Make a request handler of ``fn``: count the request, turn table errors into FUSE errors
-    and bugs into EIO. ``fn`` itself is synchronous (no handler ever waits), so a request
-    costs one coroutine, this wrapper's, not two."""
+    and bugs into a closed mount (never an answer). ``fn`` itself is synchronous (no handler
+    ever waits), so a request costs one coroutine, this wrapper's, not two.
+
+    Typed so that the handler keeps ``fn``'s parameters and becomes a coroutine function of
+    ``fn``'s result: mypy then checks every handler against ``pyfuse3.Operations`` (the
+    pinned pyfuse3 ships its types) as if it were written ``async def``. pyfuse3 passes the
+    arguments by position, so the wrapper takes ``*args`` only (no ``**kwargs`` dict to
+    build per request)."""
     name = fn.__name__
+    call = cast("Callable[..., R]", fn)  # called with the positional arguments it was given
 
     @functools.wraps(fn)
     async def wrapper(self: LockOperations, *args: Any) -> R:
@@ -78,21 +98,22 @@ def _handler(fn: Callable[..., R]) -> Callable[..., Coroutine[Any, Any, R]]:
         try:
             if self.fault_hook is not None:
                 self.fault_hook(name, args)
-            return fn(self, *args)
+            return call(self, *args)
         except FsError as exc:
             if self.trace:
                 log.debug("request %s%r -> %s", name, args, errno.errorcode.get(exc.errno))
             raise pyfuse3.FUSEError(exc.errno) from None
         except pyfuse3.FUSEError:
             raise
-        except Exception:
+        except Exception as exc:
             self.faults += 1
-            log.exception("internal error in %s%r; answered EIO", name, args)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            if self.fail_closed is not None:
+                self.fail_closed(name, args, exc)
+            raise  # without a fail-closed path (unit tests): never answered either
         finally:
             self.serving_args = None
 
-    return wrapper
+    return cast("Callable[Concatenate[LockOperations, P], Coroutine[Any, Any, R]]", wrapper)
 
 
 class LockOperations(pyfuse3.Operations):
@@ -109,7 +130,10 @@ class LockOperations(pyfuse3.Operations):
         self.dir_entry_timeout = min(CACHE_TIMEOUT, table.policy.dir_entry_timeout)
         self.trace = trace
         self.requests: Counter[str] = Counter()
+        #: Internal errors in handlers (each fails the mount closed: a serving daemon has 0).
         self.faults = 0
+        #: Where an internal error goes (lockfs.daemon sets it): it never returns.
+        self.fail_closed: FailClosed | None = None
         #: Test-only hook: called with the handler name and arguments before every request;
         #: whatever it raises is handled like a bug in the handler.
         self.fault_hook: Callable[[str, tuple[Any, ...]], None] | None = None
@@ -137,9 +161,9 @@ class LockOperations(pyfuse3.Operations):
         else:
             attr.entry_timeout = CACHE_TIMEOUT
             data = node.data
-            if data:
-                attr.st_size = len(data)
-                attr.st_blocks = (len(data) + 511) // 512
+            if data is not None:  # sparse: blocks count the bytes stored, not the size
+                attr.st_size = data.size
+                attr.st_blocks = (data.stored + 511) // 512
             if node.parent is None:
                 attr.st_nlink = 0
         attr.st_atime_ns = node.atime_ns

@@ -1,4 +1,5 @@
-"""Who holds what: the kernel's /proc/locks joined with the daemon's inode → path map.
+"""Who holds what: the kernel's /proc/locks (read by lockfs.linux) joined with the daemon's
+inode → path map.
 
 The kernel keeps every flock, POSIX and OFD lock and lists them in /proc/locks with pid, mode
 and ``major:minor:inode``; lockfs knows which path (or unlinked node) each inode number of its
@@ -7,103 +8,12 @@ mount is. Blocked requests appear as ``->`` lines right after the lock that bloc
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .humanize import format_duration
-
-_LINE = re.compile(
-    r"^(?P<id>\d+):\s+(?P<arrow>->\s+)?(?P<type>\S+)\s+(?P<adv>\S+)\s+(?P<rw>\S+)\s+"
-    r"(?P<pid>-?\d+)\s+(?P<maj>[0-9a-f]+):(?P<min>[0-9a-f]+):(?P<ino>\d+)\s+"
-    r"(?P<start>\S+)\s+(?P<end>\S+)"
-)
-_KINDS = {"FLOCK": "flock", "POSIX": "posix", "OFDLCK": "ofd"}
-
-
-@dataclass(frozen=True, slots=True)
-class KernelLock:
-    """One line of /proc/locks."""
-
-    lock_id: int
-    waiting: bool
-    kind: str
-    exclusive: bool
-    pid: int | None
-    dev: int
-    ino: int
-    start: str
-    end: str
-
-
-def parse_proc_locks(text: str) -> list[KernelLock]:
-    """Parse /proc/locks; lines that are not flock/POSIX/OFD locks (leases) are skipped."""
-    locks = []
-    for line in text.splitlines():
-        match = _LINE.match(line.strip())
-        if not match or match["type"] not in _KINDS:
-            continue
-        pid = int(match["pid"])
-        locks.append(
-            KernelLock(
-                lock_id=int(match["id"]),
-                waiting=bool(match["arrow"]),
-                kind=_KINDS[match["type"]],
-                exclusive=match["rw"] == "WRITE",
-                pid=pid if pid > 0 else None,
-                dev=os.makedev(int(match["maj"], 16), int(match["min"], 16)),
-                ino=int(match["ino"]),
-                start=match["start"],
-                end=match["end"],
-            )
-        )
-    return locks
-
-
-def read_proc_locks(dev: int) -> list[KernelLock]:
-    """The kernel's locks on device ``dev`` (a mount's ``st_dev``)."""
-    with open("/proc/locks") as proc_locks:
-        return [lock for lock in parse_proc_locks(proc_locks.read()) if lock.dev == dev]
-
-
-def ofd_holders(dev: int, inos: Iterable[int]) -> dict[int, list[int]]:
-    """Pids whose open files carry a lock on each inode (OFD locks show no pid in /proc/locks)."""
-    wanted = set(inos)
-    major, minor = os.major(dev), os.minor(dev)
-    key = re.compile(rf"\b0*{major:x}:0*{minor:x}:(\d+)\b")
-    holders: dict[int, set[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fdinfos = os.scandir(f"/proc/{entry.name}/fdinfo")
-        except OSError:
-            continue
-        with fdinfos:
-            for fdinfo in fdinfos:
-                try:
-                    with open(fdinfo.path) as info:
-                        text = info.read()
-                except OSError:
-                    continue
-                for line in text.splitlines():
-                    if line.startswith("lock:") and (match := key.search(line)):
-                        ino = int(match[1])
-                        if ino in wanted:
-                            holders.setdefault(ino, set()).add(int(entry.name))
-    return {ino: sorted(pids) for ino, pids in holders.items()}
-
-
-def command_of(pid: int | None) -> str:
-    if pid is None:
-        return "?"
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip()
-    except OSError:
-        return "?"
+from .linux import KernelLock, command_of
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import trio
 
 from . import rootfiles
-from .locks import KernelLock, read_proc_locks
+from .linux import KernelLock, read_proc_locks
 from .status import Metric, MountStatus, metric_of
 
 log = logging.getLogger(__name__)

@@ -10,13 +10,13 @@ mountpoint, so two lockfs processes racing for one directory cannot both pass th
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
 import stat
 from dataclasses import dataclass
+
+from .linux import umount2
 
 FSTYPE = "fuse.lockfs"
 
@@ -255,14 +255,9 @@ def _fuse_device_problem(exc: OSError) -> str:
     return problem
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
-
 def umount(path: str) -> None:
     """umount2(2), never lazily: a busy mount raises ``OSError(EBUSY)``."""
-    if _libc.umount2(os.fsencode(path), 0) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"umount {path}: {os.strerror(code)}")
+    umount2(path)
 
 
 def is_busy(exc: OSError) -> bool:

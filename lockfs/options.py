@@ -104,6 +104,8 @@ class MountOptions:
     max_depth: int = 32
     #: Fail closed when the daemon is stuck this long (seconds; 0: never). See lockfs.watchdog.
     hang_timeout: float = 30.0
+    #: Where data files are kept across restarts of the mount (lockfs.persist), or None: off.
+    data_dir: str | None = "/run/lockfs/data"
 
     def fuse_options(self, fsname: str) -> set[str]:
         """The option set handed to ``pyfuse3.init``."""
@@ -168,6 +170,15 @@ def _absolute_path(key: str, value: str) -> str:
     return value
 
 
+def _data_dir(key: str, value: str) -> str | None:
+    if value == "none":
+        return None
+    path = os.path.normpath(_absolute_path(key, value))
+    if path == "/":
+        raise OptionError(f"{key}={value}: must be a directory below /")
+    return path
+
+
 def _count(key: str, value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise OptionError(f"{key}={value}: must be a whole number above 0")
@@ -197,6 +208,7 @@ VALUE_OPTIONS: dict[str, Callable[[str, str], Any]] = {
     "max_file_size": _size,
     "max_depth": _count,
     "hang_timeout": _hang_timeout,
+    "data_dir": _data_dir,
 }
 
 

@@ -17,32 +17,16 @@ The lock is released by closing the returned descriptor, as PBS does.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import hashlib
 import os
 import signal
 
-AT_FDCWD = -100
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-RENAME_WHITEOUT = 4
+from .linux import RENAME_NOREPLACE, flock, mkostemp, renameat2
+
 #: PBS's timer fires every 10 ms after the first expiry, until flock is interrupted.
 TIMER_INTERVAL = 0.01
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.renameat2.argtypes = [
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_uint,
-]
-_libc.mkostemp.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.flock.argtypes = [ctypes.c_int, ctypes.c_int]
-
-AnyPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
 class LockBusy(Exception):
@@ -51,27 +35,6 @@ class LockBusy(Exception):
 
 class LockFileModified(Exception):
     """The double-stat check failed: the name no longer leads to the inode that was locked."""
-
-
-def _errno_error(filename: AnyPath | None = None) -> OSError:
-    code = ctypes.get_errno()
-    return OSError(code, os.strerror(code), filename)
-
-
-def renameat2(old: AnyPath, new: AnyPath, flags: int) -> None:
-    """renameat2(2) with ``flags`` (``RENAME_NOREPLACE``, ``RENAME_EXCHANGE``, ...), which the
-    os module lacks; raises OSError with the errno."""
-    if _libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
-        raise _errno_error(new)
-
-
-def mkostemp(prefix: AnyPath, flags: int = os.O_CLOEXEC) -> tuple[int, bytes]:
-    """glibc's mkostemp of ``prefix + "XXXXXX"``: a new file, mode 0600; its fd and path."""
-    template = ctypes.create_string_buffer(os.fsencode(prefix) + b"XXXXXX")
-    fd = _libc.mkostemp(template, flags)
-    if fd < 0:
-        raise _errno_error(template.value)
-    return fd, template.value
 
 
 def create_dir_all(path: str) -> None:
@@ -109,15 +72,15 @@ def flock_with_timeout(fd: int, *, exclusive: bool = True, timeout: float = 0.0)
             raise LockBusy() from None
         return
     # The handler does nothing: the signal only interrupts the raw flock() call with EINTR
-    # (ctypes does not retry it, unlike fcntl.flock).
+    # (lockfs.linux.flock does not retry it, unlike fcntl.flock).
     old = signal.signal(signal.SIGALRM, lambda *_: None)
     signal.siginterrupt(signal.SIGALRM, True)
     signal.setitimer(signal.ITIMER_REAL, timeout, TIMER_INTERVAL)
     try:
-        if _libc.flock(fd, op) != 0:
-            if ctypes.get_errno() == errno.EINTR:
-                raise LockBusy()
-            raise _errno_error()
+        try:
+            flock(fd, op)
+        except InterruptedError:
+            raise LockBusy() from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
         signal.signal(signal.SIGALRM, old)

@@ -27,7 +27,7 @@ import secrets
 import stat
 
 #: How a directory on the way is opened: never through a symlink.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafePath(OSError):
@@ -45,28 +45,50 @@ def _refusal(path: str, name: str, dir_fd: int, exc: OSError) -> OSError:
     return OSError(exc.errno, exc.strerror, path)
 
 
-def open_dir(path: str) -> int:
+def open_dir(path: str, *, root_only: bool = False) -> int:
     """A descriptor of the directory ``path`` (absolute), opened without following any symlink
-    on the way; :class:`UnsafePath` if there is one."""
+    on the way; :class:`UnsafePath` if there is one. ``root_only``: also refuse a directory on
+    the way that anyone but root could rename or replace (then ``path`` names the opened
+    directory for as long as root alone changes those directories)."""
     if not os.path.isabs(path):
         raise ValueError(f"not an absolute path: {path}")
-    fd = os.open("/", _DIR_FLAGS)
+    fd = os.open("/", DIR_FLAGS)
     walked = ""
     try:
         for name in os.path.normpath(path).split("/"):
             if not name:
                 continue
-            walked += "/" + name
+            parent, walked = walked or "/", walked + "/" + name
             try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 raise _refusal(walked, name, fd, exc) from None
+            who = _replaceable_by(os.fstat(fd), os.fstat(child)) if root_only else None
             os.close(fd)
             fd = child
+            if who is not None:
+                raise UnsafePath(
+                    f"{walked} can be renamed or replaced by {who} (through {parent}): every "
+                    "directory on the way must be changeable by root alone"
+                )
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _replaceable_by(parent: os.stat_result, child: os.stat_result) -> str | None:
+    """Who other than root may rename ``child`` in ``parent`` (None: nobody)."""
+    if parent.st_uid != 0:
+        return f"uid {parent.st_uid}, owner of the directory"
+    mode = parent.st_mode
+    writers = [f"gid {parent.st_gid}"] if mode & stat.S_IWGRP and parent.st_gid != 0 else []
+    writers += ["every user"] if mode & stat.S_IWOTH else []
+    if not writers:
+        return None
+    if mode & stat.S_ISVTX:  # sticky: only the entry's owner (or the directory's) may
+        return None if child.st_uid == 0 else f"uid {child.st_uid}, its owner"
+    return " and ".join(writers)
 
 
 def private_dir(path: str) -> int:
@@ -79,7 +101,7 @@ def private_dir(path: str) -> int:
         with contextlib.suppress(FileExistsError):
             os.mkdir(name, 0o700, dir_fd=parent_fd)
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
         except OSError as exc:
             raise _refusal(path, name, parent_fd, exc) from None
     finally:

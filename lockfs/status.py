@@ -88,8 +88,11 @@ class MountStatus:
     requests: Mapping[str, int] = _metric(
         "lockfs_requests_total", "counter", "FUSE requests served, by type.", key_label="op"
     )
-    #: Handler exceptions answered with EIO (a bug; the log has the traceback).
-    faults: int = _metric("lockfs_faults_total", "counter", "Handler exceptions answered with EIO.")
+    #: Internal errors in request handlers. Each fails the mount closed (the daemon exits), so
+    #: a daemon that answers shows 0; the log has the last one's request and traceback.
+    faults: int = _metric(
+        "lockfs_faults_total", "counter", "Internal errors in handlers (each fails closed)."
+    )
     #: The daemon's resident memory in bytes.
     rss_bytes: int = _metric("lockfs_resident_memory_bytes", "gauge", "Daemon resident memory.")
     #: The mount options in force.
@@ -207,7 +210,7 @@ def format_text(status: MountStatus) -> str:
         f"{status.invalidations} entries dropped from the kernel's cache",
         f"reclaim backlog  {status.reclaim_backlog} idle entries waiting for their delay",
         f"requests         {total} ({by_type or 'none'})",
-        f"faults           {status.faults} (handler errors answered with EIO)",
+        f"faults           {status.faults} (internal errors: each fails the mount closed)",
         f"thread faults    {status.thread_faults} (errors that ended the invalidation thread; "
         f"restarted)",
         f"stuck            {_stuck_text(status)}",

@@ -1,6 +1,7 @@
 """``lockfs switch-over [DIR]``: replace a plain lock directory by a lockfs mount, keeping data.
 
-What it keeps, whatever happens:
+What it keeps, whatever happens — also while ``backup``, which owns the lock directory and its
+parent on a PBS host, renames, replaces or adds entries there:
 
 * It never acts while a process holds or awaits a lock, has a file open or has its working
   directory anywhere in the old directory (checked by inode against /proc/locks and every
@@ -9,13 +10,26 @@ What it keeps, whatever happens:
 * It never acts on a mount: a directory that is already a lockfs mount is left alone ("nothing
   to do"), any other mountpoint, a directory inside a lockfs, or a tree that crosses into
   another filesystem is refused.
+* It never acts outside the tree. DIR must be the real path of a directory: a symlink, or a
+  path through one, is refused, and so is a directory above DIR's parent that anyone but root
+  could rename. The parent is opened once, and everything else goes through descriptors
+  (lockfs.dirfd_tree): the old tree is walked, read and removed from one opened root without
+  following a symlink, a file is read only if it is still the regular file the scan saw, and
+  at most ``max_file_size`` bytes of it; symlinks, FIFOs, sockets and devices in the tree are
+  refused by the scan; owners and modes in the new mount and of the new mountpoint are set on
+  descriptors; the renames aside and back are ``renameat2(RENAME_NOREPLACE)`` in the opened
+  parent, checked to have moved the directory that was scanned. The new mountpoint is made
+  immutable from its creation until lockfs is mounted on it, so that no rename can put a
+  symlink under the path that mount(8) and systemd take; the mount is then checked to be there.
 * Nothing is lost: every non-empty regular file (PBS's ``move-journal``) arrives in the new mount
   at the same path with its owner, mode and content (read back and compared), inside
   directories with the old owners and modes. Only empty files (stale lock files nobody holds)
   and directories without data are left behind.
 * Refusals change nothing. A failure after the old directory was moved aside unmounts the new
   mount (never lazily) and moves the old directory back; if even that is impossible the message
-  says where the old directory is.
+  says where the old directory is and the one command that puts it back. Once the data is in
+  the mount, the switch-over has succeeded: an old tree that cannot be removed completely is
+  a warning that says what is left.
 
 The steps: check; rename the old directory to ``.NAME.lockfs-switch-over`` beside it (same
 filesystem, so the inodes stay the same); check again; create a fresh, empty mountpoint with
@@ -29,22 +43,32 @@ mode; copy the data files in; remove the old tree.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import errno
 import inspect
 import os
-import shutil
 import stat
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .control import escape_path
-from .locks import read_proc_locks
-from .mounts import FSTYPE, entries_at, mount_table, resolve, umount
+from .dirfd_tree import (
+    DIR_FLAGS,
+    Changed,
+    Tree,
+    kind_of,
+    remove_contents,
+    same_file,
+    scan,
+)
+from .linux import RENAME_NOREPLACE, command_of, processes_using, read_proc_locks, renameat2
+from .mirror_dir import discard
+from .mounts import FSTYPE, entries_at, mount_table
+from .new_mount import MountFailed, NewMount
 from .options import MountOptions, OptionError, parse_options
+from .rootfiles import UnsafePath, open_dir
+from .testing_hooks import NO_HOOKS, HookError, TestHooks, from_environment
 
 DEFAULT_DIR = "/run/proxmox-backup/locks"
 ASIDE_SUFFIX = ".lockfs-switch-over"
@@ -59,65 +83,6 @@ class Refused(Exception):
     """The switch-over cannot go ahead, or failed; the message says why and what is left."""
 
 
-@dataclass
-class Entry:
-    """One entry of the old tree: its path relative to the tree's root, and its lstat."""
-
-    rel: str
-    st: os.stat_result
-
-
-@dataclass
-class Tree:
-    """The old directory's contents, walked without following symlinks or crossing mounts."""
-
-    root: str
-    root_st: os.stat_result
-    dirs: list[Entry] = field(default_factory=list)
-    #: Regular files holding data: carried into the mount.
-    data: list[Entry] = field(default_factory=list)
-    #: Empty regular files: stale lock files, left behind.
-    empty: list[Entry] = field(default_factory=list)
-    #: What lockfs cannot hold (symlinks, devices, FIFOs, sockets, hard-linked data, other
-    #: filesystems): any of them makes the switch-over refuse.
-    problems: list[str] = field(default_factory=list)
-
-    def paths_by_inode(self) -> dict[int, str]:
-        """Every entry's inode number and path relative to the root (``.`` for the root)."""
-        paths = {e.st.st_ino: e.rel for e in (*self.dirs, *self.data, *self.empty)}
-        paths[self.root_st.st_ino] = "."
-        return paths
-
-
-def scan(root: str) -> Tree:
-    """Walk ``root`` (a directory) and sort its entries; see :class:`Tree`."""
-    tree = Tree(root, os.lstat(root))
-    pending = [""]
-    while pending:
-        rel_dir = pending.pop()
-        with os.scandir(os.path.join(root, rel_dir)) as listing:
-            children = sorted(listing, key=lambda e: e.name)
-        for child in children:
-            rel = os.path.join(rel_dir, child.name)
-            st = child.stat(follow_symlinks=False)
-            entry = Entry(rel, st)
-            if st.st_dev != tree.root_st.st_dev:
-                tree.problems.append(f"{rel} is on another filesystem (a mount inside)")
-            elif stat.S_ISDIR(st.st_mode):
-                tree.dirs.append(entry)
-                pending.append(rel)
-            elif not stat.S_ISREG(st.st_mode):
-                tree.problems.append(f"{rel} is not a regular file or directory")
-            elif st.st_size == 0:
-                tree.empty.append(entry)
-            elif st.st_nlink > 1:
-                tree.problems.append(f"{rel} holds data and has {st.st_nlink} hard links")
-            else:
-                tree.data.append(entry)
-    tree.dirs.sort(key=lambda e: e.rel)
-    return tree
-
-
 def users_of(tree: Tree) -> list[str]:
     """Every process that holds or awaits a lock on, has open, or works in an entry of
     ``tree``, one line each (empty if none). Compares inodes, so it sees through renames."""
@@ -127,45 +92,12 @@ def users_of(tree: Tree) -> list[str]:
         if lock.ino in paths:
             state = "awaits" if lock.waiting else "holds"
             mode = "an exclusive" if lock.exclusive else "a shared"
-            who = f"pid {lock.pid} ({_command(lock.pid)})" if lock.pid else "an open file"
+            who = f"pid {lock.pid} ({command_of(lock.pid)})" if lock.pid else "an open file"
             found.append(f"{who} {state} {mode} {lock.kind} lock on {paths[lock.ino]}")
-    me = os.getpid()
-    for pid in (int(name) for name in os.listdir("/proc") if name.isdigit()):
-        if pid == me:
-            continue
-        for link in _process_links(pid):
-            try:
-                st = os.stat(link)
-            except OSError:
-                continue
-            if st.st_dev == dev and st.st_ino in paths:
-                what = "works in" if link.endswith(("/cwd", "/root")) else "has open"
-                found.append(f"pid {pid} ({_command(pid)}) {what} {_readlink(link)}")
+    for use in processes_using(dev, paths, skip=[os.getpid()]):
+        what = "has open" if use.how == "fd" else "works in"
+        found.append(f"pid {use.pid} ({command_of(use.pid)}) {what} {use.target}")
     return found
-
-
-def _process_links(pid: int) -> list[str]:
-    base = f"/proc/{pid}"
-    try:
-        fds = [f"{base}/fd/{fd}" for fd in os.listdir(f"{base}/fd")]
-    except OSError:
-        return []
-    return [f"{base}/cwd", f"{base}/root", *fds]
-
-
-def _readlink(link: str) -> str:
-    try:
-        return os.readlink(link)
-    except OSError:
-        return link
-
-
-def _command(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip()
-    except OSError:
-        return "?"
 
 
 def _mount_containing(path: str) -> str:
@@ -177,19 +109,6 @@ def _mount_containing(path: str) -> str:
         if inside and len(point) >= len(best):
             best, fstype = point, entry.fstype
     return fstype
-
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-
-
-def rename_noreplace(old: str, new: str) -> None:
-    """renameat2(RENAME_NOREPLACE): never replaces an existing ``new`` (os.rename would
-    replace an empty directory)."""
-    if _libc.renameat2(_AT_FDCWD, os.fsencode(old), _AT_FDCWD, os.fsencode(new), _RENAME_NOREPLACE):
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), new)
 
 
 def systemd_unit_for(path: str) -> str | None:
@@ -213,20 +132,51 @@ def systemd_unit_for(path: str) -> str | None:
 
 @dataclass
 class Plan:
-    """What a switch-over of one directory will do."""
+    """What a switch-over of one directory will do, and the descriptors it acts through (its
+    parent's and its own; :meth:`close` closes them)."""
 
     path: str
-    aside: str
+    name: str
+    parent_fd: int
+    root_fd: int
     #: Mount options for mount(8), or a description of the unit's.
     options: str
     tree: Tree
+    #: Bytes a data file may hold (the mount's ``max_file_size``).
+    max_file_size: int
     #: The systemd mount unit that mounts ``path``, if any (else mount(8) does).
     unit: str | None = None
+    #: The new mountpoint, once made.
+    new: NewMount | None = None
+    #: Where the new mount keeps its data files across restarts (lockfs.persist), or None.
+    data_dir: str | None = None
+
+    @property
+    def aside_name(self) -> str:
+        return f".{self.name}{ASIDE_SUFFIX}"
+
+    @property
+    def aside(self) -> str:
+        return os.path.join(os.path.dirname(self.path), self.aside_name)
+
+    def lstat(self, name: str) -> os.stat_result | None:
+        """The entry ``name`` of the parent, not followed; None if there is none."""
+        try:
+            return os.stat(name, dir_fd=self.parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def close(self) -> None:
+        if self.new is not None:
+            self.new.close()
+        os.close(self.root_fd)
+        os.close(self.parent_fd)
 
 
 def plan(path: str, extra_options: str = "") -> Plan | None:
-    """Check everything that can be checked without changing anything. None: ``path`` is a
-    lockfs mount already (nothing to do). Raises :class:`Refused`."""
+    """Check everything that can be checked without changing anything. ``path`` is absolute
+    and has no symlink in it. None: ``path`` is a lockfs mount already (nothing to do).
+    Raises :class:`Refused`."""
     entries = entries_at(path, resolve_path=False)
     if entries:
         top = entries[-1]
@@ -242,45 +192,85 @@ def plan(path: str, extra_options: str = "") -> Plan | None:
         return None
     if _mount_containing(path) == FSTYPE:
         raise Refused(f"{path} is inside a lockfs mount")
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise Refused(f"{path} does not exist: there is nothing to switch over") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise Refused(f"{path} is not a directory")
     parent, name = os.path.split(path)
-    aside = os.path.join(parent, f".{name}{ASIDE_SUFFIX}")
-    if os.path.lexists(aside):
-        raise Refused(
-            f"{aside} exists, left by an earlier switch-over that failed: look at it, move "
-            "what it holds back or remove it, then run again"
-        )
-    unit = systemd_unit_for(path)
-    if unit is not None and extra_options:
-        raise Refused(
-            f"systemd mounts {path} with {unit}, whose Options= apply: change them there "
-            "(systemctl edit --full) instead of giving --options"
-        )
-    options = (
-        f"uid={st.st_uid},gid={st.st_gid},mode={stat.S_IMODE(st.st_mode):04o},nosuid,nodev,noexec"
-        + (f",{extra_options}" if extra_options else "")
-    )
     try:
-        limits = parse_options([options], MountOptions())
-    except OptionError as exc:
-        raise Refused(f"bad mount options: {exc}") from None
-    if unit is not None:
-        options = f"through {unit}"
-    tree = scan(path)
-    too_big = [e.rel for e in tree.data if e.st.st_size > limits.max_file_size]
-    problems = tree.problems + [f"{rel} is larger than max_file_size" for rel in too_big]
+        parent_fd = open_dir(parent, root_only=True)
+    except UnsafePath as exc:
+        raise Refused(str(exc)) from None
+    except OSError as exc:
+        raise Refused(f"{exc.filename} cannot be opened: {exc.strerror}") from None
+    root_fd = None
+    try:
+        try:
+            root_fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:
+            raise Refused(_not_a_directory(parent_fd, name, path, exc)) from None
+        st = os.fstat(root_fd)
+        p = Plan(path, name, parent_fd, root_fd, "", Tree(path, st), 0)
+        if p.lstat(p.aside_name) is not None:
+            raise Refused(
+                f"{p.aside} exists, left by an earlier switch-over that failed: look at it, "
+                "move what it holds back or remove it, then run again"
+            )
+        p.unit = systemd_unit_for(path)
+        if p.unit is not None and extra_options:
+            raise Refused(
+                f"systemd mounts {path} with {p.unit}, whose Options= apply: change them there "
+                "(systemctl edit --full) instead of giving --options"
+            )
+        p.options = (
+            f"uid={st.st_uid},gid={st.st_gid},mode={stat.S_IMODE(st.st_mode):04o},"
+            "nosuid,nodev,noexec" + (f",{extra_options}" if extra_options else "")
+        )
+        try:
+            parsed = parse_options([p.options], MountOptions())
+            p.max_file_size, p.data_dir = parsed.max_file_size, parsed.data_dir
+        except OptionError as exc:
+            raise Refused(f"bad mount options: {exc}") from None
+        if p.unit is not None:
+            p.options = f"through {p.unit}"
+        p.tree = _checked_tree(p, "holds entries lockfs cannot carry over")
+        _refuse_if_used(p.tree, path, ". Nothing was changed.")
+        return p
+    except BaseException:
+        for fd in (root_fd, parent_fd):
+            if fd is not None:
+                os.close(fd)
+        raise
+
+
+def _not_a_directory(parent_fd: int, name: str, path: str, exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:
+        return f"{path} does not exist: there is nothing to switch over"
+    try:
+        kind = kind_of(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        kind = "?"
+    if kind == "symlink":
+        return (
+            f"{path} is a symlink: give the directory itself (the switch-over follows no "
+            "symlink, which whoever owns its directory could point anywhere)"
+        )
+    if exc.errno == errno.ENOTDIR:
+        return f"{path} is not a directory (a {kind})"
+    return f"{path} cannot be opened: {exc.strerror}"
+
+
+def _checked_tree(p: Plan, what: str) -> Tree:
+    """Scan the old directory (open at ``p.root_fd``); refuse what cannot be carried over."""
+    tree = scan(p.root_fd, p.path)
+    too_big = [e for e in tree.data if e.st.st_size > p.max_file_size]
+    problems = tree.problems + [
+        f"{tree.path_of(e.rel)} is larger than max_file_size ({p.max_file_size} bytes)"
+        for e in too_big
+    ]
     if problems:
-        raise Refused(f"{path} holds entries lockfs cannot carry over: " + "; ".join(problems[:10]))
-    _refuse_if_used(tree, path)
-    return Plan(path, aside, options, tree, unit)
+        raise Refused(f"{p.path} {what}: " + "; ".join(problems[:10]))
+    return tree
 
 
-def _refuse_if_used(tree: Tree, shown_as: str) -> None:
+def _refuse_if_used(tree: Tree, shown_as: str, tail: str) -> None:
+    """Refuse if any process uses the tree; the message ends with ``tail``."""
     users = users_of(tree)
     if users:
         raise Refused(
@@ -288,154 +278,162 @@ def _refuse_if_used(tree: Tree, shown_as: str) -> None:
             + "\n  ".join(users[:20])
             + ("\n  ..." if len(users) > 20 else "")
             + "\nStop these processes (on a PBS host: systemctl stop proxmox-backup-proxy "
-            "proxmox-backup) and run the switch-over again. Nothing was changed."
+            "proxmox-backup) and run the switch-over again" + tail
         )
 
 
-def execute(p: Plan) -> str:
-    """Carry out a plan; the summary for the administrator. Raises :class:`Refused`."""
-    try:
-        rename_noreplace(p.path, p.aside)
+@dataclass
+class Done:
+    """A switch-over that succeeded: the summary, and a warning about the old tree if it
+    could not be removed completely."""
+
+    summary: str
+    warning: str | None = None
+
+
+def execute(p: Plan, hooks: TestHooks = NO_HOOKS) -> Done:
+    """Carry out a plan. Raises :class:`Refused`."""
+    discarded = ""
+    try:  # the old directory's files are newer than what an earlier mount here kept
+        if p.data_dir is not None and discard(p.data_dir, p.path):
+            discarded = " Discarded the older data files an earlier lockfs mount there kept."
     except OSError as exc:
-        raise Refused(f"cannot move {p.path} aside to {p.aside}: {exc.strerror}") from None
+        raise Refused(f"cannot discard what an earlier mount kept: {exc}") from None
+    _move_aside(p)
     try:
-        tree = scan(p.aside)  # again: something may have changed before the rename
-        if tree.problems:
-            raise Refused(f"{p.path} changed: " + "; ".join(tree.problems[:10]))
-        _refuse_if_used(tree, p.path)
-    except Refused:
-        _move_back(p)
-        raise
-    _make_mountpoint(p, tree.root_st)
-    _mount(p)
+        tree = _checked_tree(p, "changed after it was checked")
+        _refuse_if_used(tree, p.path, "")
+    except Refused as exc:
+        raise Refused(f"{exc}{_move_back(p)}") from None
+    new = _mount_new(p, tree.root_st)
+    hooks.at_switch_over_step("before-copy")
     try:
-        old_dirs = {entry.rel: entry.st for entry in tree.dirs}
-        carried = [_carry(tree.root, entry, old_dirs, p.path) for entry in tree.data]
-    except OSError as exc:
+        carried = new.carry(p.root_fd, tree, p.max_file_size)
+    except (OSError, Changed) as exc:
         raise Refused(
-            f"carrying the data into the new mount failed ({exc})" + _undo_mount(p)
+            f"carrying the data into the new mount failed: {exc}{_undo_mount(p, new)}"
         ) from None
-    shutil.rmtree(p.aside)
     files = ", ".join(carried) if carried else "none"
-    return (
+    summary = (
         f"{p.path} is now a lockfs mount ({p.options}). Carried over: {files}. "
         f"Left behind: {len(tree.empty)} empty lock files, {len(tree.dirs)} directories."
+        + discarded
     )
+    return Done(summary, _remove_old_tree(p, tree))
 
 
-def _make_mountpoint(p: Plan, old: os.stat_result) -> None:
+def _move_aside(p: Plan) -> None:
+    """Rename the old directory aside; it must be the one that was scanned."""
     try:
-        os.mkdir(p.path, 0o700)
+        renameat2(
+            p.name, p.aside_name, RENAME_NOREPLACE, old_dir_fd=p.parent_fd, new_dir_fd=p.parent_fd
+        )
     except OSError as exc:
-        _move_back(p)  # fails, and says so, if the path came back meanwhile
-        raise Refused(f"cannot create the new mountpoint {p.path}: {exc.strerror}") from None
+        raise Refused(f"cannot move {p.path} aside to {p.aside}: {exc.strerror}") from None
+    moved = p.lstat(p.aside_name)
+    if moved is None:
+        raise Refused(f"{p.path} was moved away by someone else while it was moved aside")
+    if not same_file(moved, p.tree.root_st):
+        raise Refused(
+            f"{p.path} was replaced by another entry (a {kind_of(moved.st_mode)}) after it was "
+            "checked" + _move_back(p, "the entry that replaced it")
+        )
+
+
+def _move_back(p: Plan, what: str = "the old directory", lead: str = "") -> str:
+    """Rename the entry aside back; the sentence that tells the administrator, to end a
+    refusal with (``lead`` starts it when the move succeeded)."""
     try:
-        os.chown(p.path, old.st_uid, old.st_gid)
-        os.chmod(p.path, stat.S_IMODE(old.st_mode))
+        renameat2(
+            p.aside_name, p.name, RENAME_NOREPLACE, old_dir_fd=p.parent_fd, new_dir_fd=p.parent_fd
+        )
     except OSError as exc:
-        os.rmdir(p.path)
-        _move_back(p)
-        raise Refused(f"cannot give {p.path} its owner and mode: {exc.strerror}") from None
+        sentence = (
+            f"{lead}{p.path} could not be restored ({exc.strerror}): {what} is at {p.aside}; "
+            f"once nothing uses {p.path}, put it back with `mv -T {p.aside} {p.path}`"
+        )
+    else:
+        sentence = f"{lead}{what} is back in place; nothing was changed."
+    return f". {sentence[0].upper()}{sentence[1:]}"
 
 
-def _mount(p: Plan) -> None:
+def _mount_command(p: Plan) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":" + MOUNT_PATH}
     if p.unit is not None:
-        cmd = ["systemctl", "start", p.unit]
-    else:
-        cmd = ["mount", "-t", FSTYPE, "lockfs", p.path, "-o", p.options]
-    # From /: mount(8) turns a source that names an existing path (./lockfs) into that path.
-    result = subprocess.run(cmd, cwd="/", env=env, capture_output=True, text=True)
-    entries = entries_at(p.path, resolve_path=False)
-    if result.returncode == 0 and not (entries and entries[-1].fstype == FSTYPE):
-        result.returncode, result.stderr = 1, f"`{' '.join(cmd)}` mounted no lockfs there"
-    if result.returncode != 0:
-        reason = result.stderr.strip() or f"exit status {result.returncode}"
-        message = f"mounting lockfs at {p.path} failed: {reason}"
-        if entries:
+        return ["systemctl", "start", p.unit], env
+    return ["mount", "-t", FSTYPE, "lockfs", p.path, "-o", p.options], env
+
+
+def _mount_new(p: Plan, old: os.stat_result) -> NewMount:
+    """Make the new mountpoint with the old owner and mode and mount lockfs on it."""
+    new = p.new = NewMount(p.parent_fd, p.name, p.path)
+    try:
+        new.make(old.st_uid, old.st_gid, stat.S_IMODE(old.st_mode))
+    except MountFailed as exc:
+        raise Refused(f"{exc}{_move_back(p)}") from None
+    try:
+        new.mount(*_mount_command(p))
+    except MountFailed as exc:
+        if new.is_mounted():
             raise Refused(
-                f"{message}; something is mounted there now: the old directory is at {p.aside}"
-            )
-        try:
-            os.rmdir(p.path)
-        except OSError as exc:
-            raise Refused(
-                f"{message}; {p.path} cannot be removed ({exc.strerror}), so the old directory "
-                f"stays at {p.aside}"
+                f"{exc}; something is mounted there now: the old directory is at {p.aside}; "
+                f"once nothing uses {p.path}, put it back with `umount {p.path} && mv -T "
+                f"{p.aside} {p.path}`"
             ) from None
-        _move_back(p)
-        raise Refused(message + ". The old directory is back in place; nothing was changed.")
+        raise Refused(f"{exc}{new.discard()}{_move_back(p)}") from None
+    return new
 
 
-def _carry(root: str, entry: Entry, old_dirs: dict[str, os.stat_result], mount: str) -> str:
-    """Copy one data file from the old tree at ``root`` into the mount, creating its
-    directories with their old owner and mode first; read it back to check the content."""
-    parts = entry.rel.split(os.sep)[:-1]
-    for depth in range(1, len(parts) + 1):
-        rel_dir = os.path.join(*parts[:depth])
-        target = os.path.join(mount, rel_dir)
-        try:
-            os.mkdir(target, 0o700)
-        except FileExistsError:
-            continue
-        st = old_dirs[rel_dir]
-        os.chown(target, st.st_uid, st.st_gid)
-        os.chmod(target, stat.S_IMODE(st.st_mode))
-    source = os.path.join(root, entry.rel)
-    target = os.path.join(mount, entry.rel)
-    with open(source, "rb") as src:
-        content = src.read()
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fchown(fd, entry.st.st_uid, entry.st.st_gid)
-        os.fchmod(fd, stat.S_IMODE(entry.st.st_mode))  # after chown, which may clear setgid
-    finally:
-        os.close(fd)
-    with open(target, "rb") as check:
-        if check.read() != content:
-            raise OSError(errno.EIO, f"{entry.rel} reads back differently")
-    return f"{entry.rel} ({len(content)} bytes)"
-
-
-def _move_back(p: Plan) -> None:
-    try:
-        rename_noreplace(p.aside, p.path)
-    except OSError as exc:
-        raise Refused(
-            f"{p.path} could not be restored ({exc.strerror}): the old directory is at "
-            f"{p.aside}; once nothing uses {p.path}, move it back with "
-            f"`mv -T {p.aside} {p.path}`"
-        ) from None
-
-
-def _undo_mount(p: Plan) -> str:
+def _undo_mount(p: Plan, new: NewMount) -> str:
     """After a failed copy: unmount (never lazily), restore the old directory; what is left."""
     try:
-        umount(p.path)
-        os.rmdir(p.path)
-        _move_back(p)
+        new.unmount()
     except OSError as exc:
         return (
             f". The new mount could not be removed ({exc.strerror}); the old directory, "
-            f"complete, is at {p.aside}"
+            f"complete, is at {p.aside}; once nothing uses {p.path}, put it back with "
+            f"`umount {p.path} && mv -T {p.aside} {p.path}`"
         )
-    except Refused as exc:
-        return f". {exc}"
-    return ". The new mount was removed and the old directory is back; nothing was changed."
+    left = new.discard()
+    if left:
+        return (
+            f". The new mount was removed{left}; the old directory, complete, is at {p.aside}; "
+            f"once nothing uses {p.path}, put it back with `mv -T {p.aside} {p.path}`"
+        )
+    return _move_back(p, lead="the new mount was removed and ")
+
+
+def _remove_old_tree(p: Plan, tree: Tree) -> str | None:
+    """Remove the old tree (through its descriptor); a warning with what is left, if any."""
+    left = remove_contents(p.root_fd, tree)
+    if not left:
+        moved = p.lstat(p.aside_name)
+        try:
+            if moved is None or not same_file(moved, tree.root_st):
+                raise OSError(errno.ESTALE, "it was moved")
+            os.rmdir(p.aside_name, dir_fd=p.parent_fd)
+            return None
+        except OSError as exc:
+            left = [f"{p.aside} itself ({exc.strerror})"]
+    return (
+        f"the old directory {p.aside} could not be removed completely (the switch-over itself "
+        "succeeded): "
+        + "; ".join(left[:10])
+        + ("; ..." if len(left) > 10 else "")
+        + f". Look at what is left, then remove it: `rm -r {p.aside}`"
+    )
 
 
 def main(argv: Sequence[str]) -> int:
     """Replace the plain lock directory DIR by a lockfs mount, keeping its data files.
 
     Refuses, changing nothing, while any process holds or awaits a lock on, has open, or works
-    in anything in DIR, and when DIR is a mountpoint. Otherwise moves DIR aside, checks again,
-    mounts lockfs in its place (systemctl start of its mount unit where systemd has one, else
-    mount -t fuse.lockfs with DIR's owner and mode), copies every non-empty file (such as
-    PBS's move-journal) in with its owner, mode and content, and removes the old tree with its
-    stale, empty lock files. A DIR that is a lockfs mount already is left alone. Root only.
+    in anything in DIR, when DIR is a mountpoint, and when DIR is a symlink or a path through
+    one (give the real path). Otherwise moves DIR aside, checks again, mounts lockfs in its
+    place (systemctl start of its mount unit where systemd has one, else mount -t fuse.lockfs
+    with DIR's owner and mode), copies every non-empty file (such as PBS's move-journal) in
+    with its owner, mode and content, and removes the old tree with its stale, empty lock
+    files. A DIR that is a lockfs mount already is left alone. Root only.
     """
     parser = argparse.ArgumentParser(
         prog="lockfs switch-over", description=inspect.cleandoc(main.__doc__ or "")
@@ -451,23 +449,39 @@ def main(argv: Sequence[str]) -> int:
         "--check", action="store_true", help="only check, and tell what would be carried over"
     )
     args = parser.parse_args(argv)
-    path = resolve(args.dir)
+    path = os.path.abspath(args.dir)
     try:
+        hooks = from_environment()
         if os.geteuid() != 0:
             raise Refused("must run as root (it mounts, and gives files their owners)")
+        real = os.path.realpath(args.dir)
+        if real != path:
+            raise Refused(
+                f"{path} is a symlink or passes through one (it leads to {real}): give the "
+                "real path (the switch-over follows no symlink, which whoever owns its "
+                "directory could point anywhere)"
+            )
         planned = plan(path, args.options)
         if planned is None:
             print(f"{path} is a lockfs mount already: nothing to do")
             return 0
-        if args.check:
-            data = ", ".join(e.rel for e in planned.tree.data) or "none"
-            print(
-                f"{path} can be switched over (mount options {planned.options}); it would "
-                f"carry over: {data}; leave behind {len(planned.tree.empty)} empty lock files"
-            )
-            return 0
-        print(execute(planned))
-    except Refused as exc:
+        try:
+            if args.check:
+                data = ", ".join(e.rel for e in planned.tree.data) or "none"
+                print(
+                    f"{path} can be switched over (mount options {planned.options}); it would "
+                    f"carry over: {data}; leave behind {len(planned.tree.empty)} empty lock "
+                    "files"
+                )
+                return 0
+            hooks.at_switch_over_step("checked")
+            done = execute(planned, hooks)
+        finally:
+            planned.close()
+        print(done.summary)
+        if done.warning:
+            print(f"lockfs switch-over: warning: {done.warning}", file=sys.stderr)
+    except (Refused, HookError) as exc:
         print(f"lockfs switch-over: {exc}", file=sys.stderr)
         return 1
     return 0

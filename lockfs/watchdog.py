@@ -196,7 +196,8 @@ class FailClosed:
     """Ends a daemon that can no longer be trusted to serve: logs why (and every thread's
     stack), aborts its FUSE connection and exits with :data:`EXIT_FAILED_CLOSED`.
 
-    Call it with the reason, from any thread: ``fail_closed("daemon hung: ...")``. It does not
+    Call it with the reason, from any thread: ``fail_closed("daemon hung: ...")`` (and the
+    exception, if one is the reason, for its traceback in the same record). It does not
     return (unless a test replaced ``exit``); a second caller waits until the first has ended
     the process. The mount then answers ENOTCONN, never a table that may disagree with the
     kernel.
@@ -236,13 +237,13 @@ class FailClosed:
             f"(stop the lock holders, umount, mount again)"
         )
 
-    def __call__(self, reason: str) -> None:
+    def __call__(self, reason: str, exc: BaseException | None = None) -> None:
         with self._lock:
             line = self.line(reason)
             stacks = thread_stacks()
 
             def emit() -> None:
-                log.critical(line)
+                log.critical(line, exc_info=exc)  # with its traceback, if an exception
                 log.error(stacks)
                 logs.flush()
 

@@ -29,8 +29,9 @@ from support import (
 )
 from support.layers import layer_markers
 
-#: Fixtures of the Debian package (used by the tests that install it).
-pytest_plugins = ["debian_package"]
+#: Fixtures of the Debian package (built, never installed on this host) and of the system
+#: tests' PBS hosts in containers.
+pytest_plugins = ["debian_package", "system_hosts"]
 
 
 @pytest.hookimpl(tryfirst=True)

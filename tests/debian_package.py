@@ -1,33 +1,36 @@
-"""The lockfs Debian package for the tests that install it (test_deploy, test_package*).
+"""The lockfs Debian package for the tests, and the promise that the suite leaves this host's own
+lockfs alone.
 
 The package is built once per session by the project's own ``mount/build-deb`` (into
-build/deb, where ``mount/setup`` finds it again) and installed the way the README's command
-installs it, with ``mount/setup`` (apt, Debian's python3-pyfuse3 and python3-trio). Tests that
-change the installed state (upgrade, removal) leave it to the ``installed`` fixture of the next
-test to install the session's package again. apt and dpkg run under the same lock as
-``mount/setup``, so that parallel set-ups never collide.
+build/deb); the tests read it (lintian, contents) and install it only inside the system tests'
+containers (tests/system_hosts.py), never on this host. ``upgrade_deb`` is the same code as a
+higher version.
+
+:func:`host_left_alone` (autouse, session): this host's lockfs package (its dpkg status,
+selection and version) and whatever is mounted at /run/proxmox-backup/locks, with its daemon's
+pid, are the same after the session as before it. The suite only reads them; a host where an
+administrator installed and mounted lockfs (the README's quick start) keeps both.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO, require_fuse
+from support import REPO
 
 from lockfs import __version__
+from lockfs.mounts import entries_at
 
-COMMAND = Path("/usr/sbin/lockfs")
-UNIT = "run-proxmox\\x2dbackup-locks.mount"
-UNIT_FILE = Path("/lib/systemd/system") / UNIT
-PBS_SERVICES = ("proxmox-backup.service", "proxmox-backup-proxy.service")
-SETUP_LOCK = "/run/lock/lockfs-setup.lock"
 #: Debian's tools, not the interpreter the machine image puts first on PATH.
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+#: The host's PBS lock directory: the suite never mounts, unmounts or writes there.
+HOST_LOCKS = "/run/proxmox-backup/locks"
 
 
 @dataclass(frozen=True)
@@ -39,28 +42,12 @@ class Deb:
 def run(
     *cmd: str | os.PathLike[str], timeout: float = 600, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` from / (mount(8) would turn a source ``lockfs`` into ./lockfs)."""
+    """Run ``cmd`` from / with Debian's PATH, output captured as text."""
     kwargs.setdefault("cwd", "/")
+    kwargs.setdefault("env", {**os.environ, "PATH": SYSTEM_PATH})
     return subprocess.run(
         [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kwargs
     )
-
-
-def system_env() -> dict[str, str]:
-    return {**os.environ, "PATH": SYSTEM_PATH, "DEBIAN_FRONTEND": "noninteractive"}
-
-
-def dpkg(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
-    """``dpkg ARGS`` under the set-up lock."""
-    return run("flock", SETUP_LOCK, "dpkg", *args, env=system_env())
-
-
-def installed_version() -> str | None:
-    """The installed lockfs version, None if it is not installed (config files count not).
-    A refused removal leaves the package installed, with dpkg's selection set to remove."""
-    query = run("dpkg-query", "-W", "-f=${db:Status-Status} ${Version}", "lockfs")
-    status, _, version = query.stdout.partition(" ")
-    return version.strip() if query.returncode == 0 and status == "installed" else None
 
 
 def build(version: str | None = None) -> Deb:
@@ -77,28 +64,10 @@ def build(version: str | None = None) -> Deb:
     return Deb(path, built)
 
 
-def matches_installed(deb: Deb) -> bool:
-    """Whether exactly this .deb is installed (same version and file checksums)."""
-    if installed_version() != deb.version:
-        return False
-    sums = run("dpkg-deb", "-I", deb.path, "md5sums").stdout
-    return sums == Path("/var/lib/dpkg/info/lockfs.md5sums").read_text()
-
-
-def install(deb: Deb) -> subprocess.CompletedProcess[str]:
-    """Install ``deb`` with dpkg (its dependencies are there since the first install)."""
-    return dpkg("-i", deb.path)
-
-
 @pytest.fixture(scope="session")
 def deb() -> Deb:
-    """The package of this checkout, installed with the README's set-up (``mount/setup``)."""
-    require_fuse()
-    setup = run(REPO / "mount" / "setup", timeout=1800)
-    assert setup.returncode == 0, f"mount/setup failed:\n{setup.stdout}\n{setup.stderr}"
-    package = build()
-    assert matches_installed(package), setup.stdout
-    return package
+    """The package of this checkout, built (not installed)."""
+    return build()
 
 
 @pytest.fixture(scope="session")
@@ -107,11 +76,31 @@ def upgrade_deb(deb: Deb) -> Deb:
     return build(f"{deb.version}+upgrade1")
 
 
-@pytest.fixture
-def installed(deb: Deb) -> Deb:
-    """The session's package is installed (again, if an earlier test changed that)."""
-    if not matches_installed(deb):
-        result = install(deb)
-        assert result.returncode == 0, result.stderr
-        assert matches_installed(deb)
-    return deb
+def host_lockfs_state() -> dict[str, object]:
+    """This host's lockfs package (status, selection, version), the mounts at
+    /run/proxmox-backup/locks and the pids of lockfs daemons serving that path."""
+    query = run("dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Status}|${Version}", "lockfs")
+    daemons = []
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if HOST_LOCKS.encode() in argv and any(a.endswith(b"/lockfs") for a in argv[:2]):
+            daemons.append(int(pid))
+    return {
+        "dpkg -l lockfs": query.stdout.strip() if query.returncode == 0 else "not installed",
+        f"mounts at {HOST_LOCKS}": [
+            (e.mount_id, e.fstype, e.source) for e in entries_at(HOST_LOCKS, resolve_path=False)
+        ],
+        f"lockfs daemons of {HOST_LOCKS}": sorted(daemons),
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_left_alone() -> Iterator[None]:
+    """Fails the session's last test if the suite changed this host's lockfs (see above)."""
+    before = host_lockfs_state()
+    yield
+    after = host_lockfs_state()
+    assert after == before, f"the test suite changed this host's lockfs: {before} -> {after}"

@@ -42,7 +42,14 @@ def test_quick_run_reports_every_section(tmp_path: Path, fuse_required: None) ->
 
     results = json.loads(out.read_text())
     assert results["errors"] == {}
-    assert {"meta", "config", "hot", "cold", "memory", "held"} <= results.keys()
+    assert {"meta", "config", "hot", "cold", "memory", "held", "listing"} <= results.keys()
+    listing = results["listing"]
+    assert listing["entries"] == 4096 and listing["listers"] == 2
+    assert [run["procs"] for run in listing["runs"]] == [1, 2]
+    for run in listing["runs"]:
+        assert run["alone"]["cycles"] == run["listing"]["cycles"] == listing["cycles"] > 0
+        assert run["ratio"] > 0 and run["entries_per_s"] > 0
+    assert "Listing: hot cycles while 2 processes list" in proc.stdout
 
     # The C server is there when gcc and libfuse3's headers are (mount/setup --dev installs them).
     references = results["config"]["references"]

@@ -6,7 +6,8 @@ import os
 from typing import Any
 
 from lockfs.humanize import format_duration
-from lockfs.locks import lock_rows, parse_proc_locks
+from lockfs.linux import parse_proc_locks
+from lockfs.locks import lock_rows
 from lockfs.options import OptionError, parse_options
 
 SAMPLE = """\

@@ -63,6 +63,7 @@ def test_the_page_has_the_sections_an_administrator_needs(rendered: str) -> None
         "MOUNT OPTIONS",
         "GUARANTEES",
         "FAILURE BEHAVIOUR",
+        "SECURITY",
         "FILES",
         "SEE ALSO",
     ):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +16,7 @@ from support import FakeClock, FakeWallClock
 
 from lockfs.nodes import (
     LIMIT_LOG_INTERVAL,
+    LISTED_PER_REQUEST,
     NAME_MAX,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -24,6 +28,7 @@ from lockfs.nodes import (
     NodeTable,
     ReclaimPolicy,
 )
+from lockfs.tablecheck import TableInconsistent
 
 FILE_DELAY = 0.5
 DIR_GRACE = 10.0
@@ -994,6 +999,43 @@ def test_listing_resumes_across_changes(table: NodeTable) -> None:
         assert len(listed) == len(set(listed)), (split, listed)
 
 
+def test_readdirplus_replies_hold_a_few_entries(table: NodeTable) -> None:
+    """One READDIRPLUS reply holds at most LISTED_PER_REQUEST entries; the next request
+    resumes after the last cookie sent, and the pages add up to the whole listing."""
+    for i in range(3 * LISTED_PER_REQUEST):
+        make_file(table, b"f%d" % i)
+    pages = []
+    after = 0
+    while page := readdirplus(table, ROOT_INO, after):
+        assert len(page) <= LISTED_PER_REQUEST
+        pages.append(page)
+        after = page[-1][2]
+    assert len(pages[0]) == LISTED_PER_REQUEST
+    assert [entry for page in pages for entry in page] == _list(table, ROOT_INO)
+
+
+def test_big_directory_lists_in_inode_order_after_renames(table: NodeTable) -> None:
+    """A directory with more entries than one block of its inode order, some of them older
+    nodes renamed in and some removed: listed in inode order, and resuming after any cookie
+    gives exactly the rest."""
+    old = table.mkdir(ROOT_INO, b"old", 0o755, UID, GID)
+    older = [make_file(table, b"o%d" % i, old.ino) for i in range(300)]
+    d = table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
+    for i in range(1500):
+        make_file(table, b"n%d" % i, d.ino)
+    for node in older[::3]:  # older inodes come in: not in insertion order any more
+        table.rename(old.ino, node.name, d.ino, b"moved-" + node.name, 0)
+    for i in range(0, 1500, 7):
+        table.unlink(d.ino, b"n%d" % i)
+    table.rename(d.ino, b"n1", d.ino, b"renamed-in-place", 0)
+    full = _list(table, d.ino)
+    inos = [ino for _, ino, _ in full[2:]]
+    assert inos == sorted(inos) and len(inos) == len(d.children or {})
+    for i in range(0, len(full), 97):
+        assert _list(table, d.ino, full[i][2]) == full[i + 1 :]
+    table.check()
+
+
 def test_listing_skips_entries_removed_while_listing(table: NodeTable) -> None:
     """An entry removed after the listing started is not returned any more."""
     for name in (b"a", b"b", b"c"):
@@ -1166,7 +1208,7 @@ def test_check_detects_broken_names(table: NodeTable) -> None:
     f = make_file(table, b"f")
     table.check()
     f.name = b"other"
-    with pytest.raises(AssertionError):
+    with pytest.raises(TableInconsistent):
         table.check()
 
 
@@ -1175,7 +1217,7 @@ def test_check_detects_wrong_subdir_count(table: NodeTable) -> None:
     table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
     d = table.child(ROOT_INO, b"d")
     d.subdirs = 1
-    with pytest.raises(AssertionError):
+    with pytest.raises(TableInconsistent):
         table.check()
 
 
@@ -1185,7 +1227,7 @@ def test_check_detects_unreferenced_unlinked_node(table: NodeTable) -> None:
     table.unlink(ROOT_INO, b"f")
     table.check()
     f.lookups = 0
-    with pytest.raises(AssertionError):
+    with pytest.raises(TableInconsistent):
         table.check()
 
 
@@ -1193,8 +1235,8 @@ def test_check_detects_busy_node_in_idle_queue(table: NodeTable) -> None:
     """check() fails when a node that is not idle sits in an idle queue."""
     f = make_file(table, b"f", data=b"x")
     table.check()
-    table._idle_files[f] = None
-    with pytest.raises(AssertionError):
+    table.idle.files[f] = None
+    with pytest.raises(TableInconsistent):
         table.check()
 
 
@@ -1202,5 +1244,51 @@ def test_check_detects_negative_counts(table: NodeTable) -> None:
     """check() fails on a negative lookup count."""
     f = make_file(table, b"f")
     f.lookups = -1
-    with pytest.raises(AssertionError):
+    with pytest.raises(TableInconsistent):
         table.check()
+
+
+#: Breaks a table in several ways, each on a fresh one, and prints what check() raised for
+#: each (run under ``python -O``, where ``assert`` statements are gone).
+_BREAK_UNDER_O = """
+from lockfs.nodes import ROOT_INO, NodeTable
+
+def broken(how):
+    table = NodeTable()
+    d = table.mkdir(ROOT_INO, b"d", 0o755, 0, 0)
+    f = table.create(d.ino, b"f", 0o644, 0, 0)
+    table.write(f.ino, 0, b"x")
+    if how == "name":
+        f.name = b"other"
+    elif how == "subdirs":
+        d.subdirs = 1
+    elif how == "queue":
+        table.idle.files[f] = None
+    elif how == "order":
+        d.order.remove(f)
+    elif how == "count":
+        f.lookups = -1
+    return table
+
+for how in ("name", "subdirs", "queue", "order", "count"):
+    try:
+        broken(how).check()
+    except Exception as exc:
+        print(how, type(exc).__name__)
+    else:
+        print(how, "passed")
+"""
+
+
+def test_check_works_under_python_optimized() -> None:
+    """check() is no assert: under ``python -O`` a broken table still fails it."""
+    result = subprocess.run(
+        [sys.executable, "-O", "-c", _BREAK_UNDER_O],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert result.stdout.split("\n")[:-1] == [
+        f"{how} TableInconsistent" for how in ("name", "subdirs", "queue", "order", "count")
+    ]

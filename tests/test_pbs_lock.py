@@ -15,18 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from lockfs.linux import RENAME_EXCHANGE, RENAME_NOREPLACE, mkostemp, renameat2
 from lockfs.pbs_lock import (
-    RENAME_EXCHANGE,
-    RENAME_NOREPLACE,
     LockBusy,
     LockFileModified,
     chunk_digest,
     chunk_path,
     create_dir_all,
     lock_helper,
-    mkostemp,
     open_file_locked,
-    renameat2,
 )
 
 OWNER = (34, 34)

@@ -13,13 +13,8 @@ from pathlib import Path
 import pytest
 from support import MakeMount, Mount, errno_of, wait_for
 
-from lockfs.pbs_lock import (
-    RENAME_EXCHANGE,
-    RENAME_NOREPLACE,
-    RENAME_WHITEOUT,
-    chunk_path,
-    renameat2,
-)
+from lockfs.linux import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
+from lockfs.pbs_lock import chunk_path
 
 
 def test_directories(mnt: Mount) -> None:
@@ -163,13 +158,25 @@ def test_unsupported_kinds_get_clear_errors(mnt: Mount) -> None:
 
 
 @pytest.mark.injects_faults
-def test_injected_fault_answers_eio_and_mount_survives(make_mount: MakeMount) -> None:
+@pytest.mark.kills_daemon
+def test_injected_fault_fails_closed(make_mount: MakeMount) -> None:
+    """An internal error in a handler is never answered: the daemon logs one line naming the
+    request, its arguments and the exception (with its traceback), aborts its connection and
+    exits 70; the caller gets ECONNABORTED and everyone after it ENOTCONN."""
     mnt = make_mount(LOCKFS_TEST_HOOKS="fault-entry")
-    assert errno_of(os.mkdir, mnt / "__lockfs_fault__") == errno.EIO
-    assert "injected fault in lookup" in mnt.log_text() or "injected fault" in mnt.log_text()
-    (mnt / "after").mkdir()
-    assert (mnt / "after").is_dir()
-    assert mnt.status().faults >= 1
+    (mnt / "before").mkdir()
+    assert errno_of(os.mkdir, mnt / "__lockfs_fault__") in (errno.ECONNABORTED, errno.ENOTCONN)
+    assert mnt.proc.wait(10) == 70
+    assert errno_of(os.listdir, mnt / "before") == errno.ENOTCONN
+    assert errno_of(os.mkdir, mnt / "after") == errno.ENOTCONN
+    log = mnt.log_text()
+    assert log.count("internal error in ") == 1
+    assert (
+        "CRITICAL: internal error in lookup(parent_inode=1, name=b'__lockfs_fault__', ctx=pid "
+        in log
+    )
+    assert "RuntimeError: injected fault in lookup; failing closed: aborting the FUSE" in log
+    assert "Traceback (most recent call last)" in log
 
 
 def test_inode_numbers_never_reused(mnt: Mount) -> None:

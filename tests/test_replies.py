@@ -6,6 +6,7 @@ value; these tests pin every field, so a pyfuse3 with other defaults fails here.
 
 from __future__ import annotations
 
+import inspect
 import stat
 
 import pyfuse3
@@ -61,6 +62,19 @@ def test_file_with_data_and_unlinked(ops: LockOperations) -> None:
     assert ops.entry(node).st_nlink == 0
 
 
+def test_sparse_file_counts_stored_bytes(ops: LockOperations) -> None:
+    """A file grown by a write far out or a truncate reports its size, but blocks only for
+    the bytes it holds; a file truncated to a size without writing holds none."""
+    node = ops.table.create(ROOT_INO, b"sparse", 0o600, UID, GID)
+    ops.table.write(node.ino, (64 << 20) - 1, b"x")
+    attr = fields(ops.entry(node))
+    assert attr["st_size"] == 64 << 20 and attr["st_blocks"] == 8  # its 4 KiB block, zeros first
+    hole = ops.table.create(ROOT_INO, b"hole", 0o600, UID, GID)
+    ops.table.setattr(hole.ino, size=1 << 20)
+    attr = fields(ops.entry(hole))
+    assert (attr["st_size"], attr["st_blocks"]) == (1 << 20, 0)
+
+
 def test_directory(ops: LockOperations) -> None:
     d = ops.table.mkdir(ROOT_INO, b"d", 0o755, UID, GID)
     ops.table.mkdir(d.ino, b"sub", 0o755, UID, GID)
@@ -73,3 +87,20 @@ def test_directory(ops: LockOperations) -> None:
     assert (attr["st_blksize"], attr["st_rdev"], attr["generation"]) == (BLOCK_SIZE, 0, 0)
     ops.table.rmdir(d.ino, b"sub")
     assert ops.entry(d).st_nlink == 2
+
+
+def test_every_handler_takes_the_parameters_pyfuse3_declares() -> None:
+    """Each request handler (made by fuse_ops._handler) has the parameters, by name and
+    order, of the pyfuse3.Operations method it overrides: pyfuse3 passes them by position.
+    (mypy checks the types too: _handler keeps the handler's signature.)"""
+    handlers = {
+        name: fn
+        for name, fn in vars(LockOperations).items()
+        if hasattr(pyfuse3.Operations, name) and hasattr(fn, "__wrapped__")
+    }
+    assert len(handlers) >= 20
+    for name, fn in handlers.items():
+        ours = list(inspect.signature(fn).parameters)
+        theirs = list(inspect.signature(getattr(pyfuse3.Operations, name)).parameters)
+        assert ours == theirs, name
+        assert inspect.iscoroutinefunction(fn), name

@@ -6,10 +6,11 @@ reports ready, and this test proves it: it runs a daemon (daemonized, as ``mount
 from a copy of the package under an import audit hook, replaces that copy with modules that
 fail to import once the mount answers, and then drives every serving path — PBS's lock
 sequence and the other lock kinds, every kind of request and error reply, reclaim, the control
-commands behind ``status``/``locks``/``metrics``, the metrics file, an injected fault, SIGHUP,
+commands behind ``status``/``locks``/``metrics``, the metrics file, SIGHUP,
 a SIGTERM refused while a lock is held, and the clean unmount. The daemon must keep serving,
 exit 0, and have loaded no module after it was ready (not from lockfs, trio, pyfuse3 or the
-standard library).
+standard library). A second daemon fails closed on an injected fault (exit 70), again
+without loading a module.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import errno
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from support import DAEMON_PYTHON, HELPERS, REPO, Daemons, wait_for
 
 from lockfs.control import ControlError, query
@@ -44,16 +47,16 @@ def replace_with_broken_copy(package: Path) -> None:
         )
 
 
-def test_the_daemon_imports_nothing_after_start_up(daemons: Daemons, tmp_path: Path) -> None:
+def start_watched(
+    daemons: Daemons, tmp_path: Path, options: str
+) -> tuple[Path, int, Callable[[], list[str]]]:
+    """Start a daemon from a copy of the package under the import probe, wait until it
+    serves, and break the copy. Its mountpoint, its pid, and what lists the modules it
+    loaded since then."""
     copy = tmp_path / "installed"
     shutil.copytree(REPO / "lockfs", copy / "lockfs", ignore=shutil.ignore_patterns("__pycache__"))
     log = tmp_path / "imports.log"
-    metrics = tmp_path / "lockfs.prom"
     path = daemons.mountpoint()
-    options = (
-        "reclaim_delay=0.1,dir_grace=0.2,max_entries=40,max_file_size=16,max_depth=3,"
-        f"metrics_file={metrics},metrics_interval=0.1"
-    )
     env = {
         **os.environ,
         "PYTHONPATH": str(copy),
@@ -78,6 +81,22 @@ def test_the_daemon_imports_nothing_after_start_up(daemons: Daemons, tmp_path: P
     assert f"{pid} lockfs.daemon" in start_up
     replace_with_broken_copy(copy / "lockfs")
 
+    def late_imports() -> list[str]:
+        with open(log) as imports:
+            imports.seek(ready_at)
+            return [line for line in imports.read().splitlines() if line.startswith(f"{pid} ")]
+
+    return path, pid, late_imports
+
+
+def test_the_daemon_imports_nothing_after_start_up(daemons: Daemons, tmp_path: Path) -> None:
+    metrics = tmp_path / "lockfs.prom"
+    options = (
+        "reclaim_delay=0.1,dir_grace=0.2,max_entries=40,max_file_size=16,max_depth=3,"
+        f"metrics_file={metrics},metrics_interval=0.1"
+    )
+    path, pid, late_imports = start_watched(daemons, tmp_path, options)
+
     # Locks of every kind, held and released; PBS's full sequence.
     (path / "store1").mkdir()
     holder = daemons.helper("pbs", path / "store1" / "vm-100")
@@ -92,6 +111,11 @@ def test_the_daemon_imports_nothing_after_start_up(daemons: Daemons, tmp_path: P
     sorted(os.listdir(path / "store1"))
     journal = path / "store1" / "move-journal"
     journal.write_bytes(b"line\n")
+    moved = path / "store1" / "a2" / "journal"
+    os.rename(journal, moved)  # a data file and its directory move in the data mirror
+    os.rename(path / "store1" / "a2", path / "store1" / "a3")
+    os.rename(path / "store1" / "a3", path / "store1" / "a2")
+    os.rename(moved, journal)
     os.chmod(journal, 0o640)
     os.chown(journal, 34, 34)
     os.truncate(journal, 0)
@@ -101,7 +125,6 @@ def test_the_daemon_imports_nothing_after_start_up(daemons: Daemons, tmp_path: P
     assert errno_of(os.symlink, "x", path / "link") == errno.EPERM
     assert errno_of(os.open, path / ("n" * 256), os.O_CREAT | os.O_RDWR) == errno.ENAMETOOLONG
     assert errno_of(os.rmdir, path / "store1") == errno.ENOTEMPTY
-    assert errno_of(os.stat, path / "__lockfs_fault__") == errno.EIO  # an injected fault
     for i in range(40):  # max_entries: ENOSPC, logged
         if errno_of(lambda p: Path(p).touch(), path / f"f{i}") == errno.ENOSPC:
             break
@@ -125,7 +148,6 @@ def test_the_daemon_imports_nothing_after_start_up(daemons: Daemons, tmp_path: P
         assert "unknown command" in str(exc)
     # Reclaim: everything but the held lock and its directory goes.
     wait_for(lambda: query(str(path), "status")["nodes"] <= 3, 20, "reclaim")
-    assert query(str(path), "status")["faults"] >= 1
     # The metrics file keeps being rewritten.
     first = metrics.stat().st_mtime_ns
     wait_for(lambda: metrics.stat().st_mtime_ns != first, 10, "a rewritten metrics file")
@@ -139,7 +161,17 @@ def test_the_daemon_imports_nothing_after_start_up(daemons: Daemons, tmp_path: P
     os.kill(pid, signal.SIGTERM)
     assert daemons.wait_exit(pid) == 0
 
-    with open(log) as imports:
-        imports.seek(ready_at)
-        late = [line for line in imports.read().splitlines() if line.startswith(f"{pid} ")]
-    assert late == [], f"the daemon imported modules after start-up: {late}"
+    assert late_imports() == [], "the daemon imported modules after start-up"
+
+
+@pytest.mark.injects_faults
+@pytest.mark.kills_daemon
+def test_failing_closed_imports_nothing(daemons: Daemons, tmp_path: Path) -> None:
+    """An internal error after an upgrade: the daemon logs it, aborts its connection and
+    exits 70 with the code it started with (a traceback reads source lines, imports none)."""
+    path, pid, late_imports = start_watched(daemons, tmp_path, "reclaim_delay=0.1")
+    (path / "store1").mkdir()
+    assert errno_of(os.stat, path / "store1" / "__lockfs_fault__") == errno.ECONNABORTED
+    assert daemons.wait_exit(pid) == 70
+    assert errno_of(os.listdir, path) == errno.ENOTCONN
+    assert late_imports() == [], "the daemon imported modules after start-up"

@@ -12,7 +12,7 @@ import pytest
 from support import Daemons, release, wait_for
 
 from lockfs.admin import describe_log
-from lockfs.locks import parse_proc_locks
+from lockfs.linux import parse_proc_locks
 from lockfs.logs import log_path
 from lockfs.metrics import prometheus_text
 from lockfs.options import MountOptions

@@ -85,6 +85,8 @@ def test_layer_markers() -> None:
     ]
     for name in ("test_deploy.py", "test_package.py", "test_package_switchover.py"):
         assert layer_markers(Path("tests") / name, []) == ["deploy", "fuse"]
+    for name in ("test_system_pbs_host.py", "test_system_package.py"):
+        assert layer_markers(Path("tests") / name, []) == ["system", "deploy", "fuse"]
 
 
 def test_the_unit_layer_selects_no_mounting_test() -> None:
@@ -112,14 +114,16 @@ def test_no_test_imports_conftest() -> None:
 
 HEADER = "2026-11-22 04:09:13,824 lockfs[13768] "
 INJECTED = f"""{HEADER}INFO: mounted lockfs at /tmp/m
-{HEADER}ERROR: internal error in lookup(1, b'__lockfs_fault__', <ctx>); answered EIO
+{HEADER}CRITICAL: internal error in lookup(parent_inode=1, name=b'__lockfs_fault__', ctx=pid 9 \
+uid 0): RuntimeError: injected fault in lookup; failing closed: aborting the FUSE connection
 Traceback (most recent call last):
   File "/work/lockfs/fuse_ops.py", line 57, in wrapper
     self.fault_hook(name, args)
 RuntimeError: injected fault in lookup
 {HEADER}INFO: lockfs at /tmp/m stopped
 """
-REAL_BUG = f"""{HEADER}ERROR: internal error in getattr(5, <ctx>); answered EIO
+REAL_BUG = f"""{HEADER}CRITICAL: internal error in getattr(inode=5, ctx=pid 9 uid 0): \
+ZeroDivisionError: division by zero; failing closed: aborting the FUSE connection
 Traceback (most recent call last):
   File "/work/lockfs/nodes.py", line 300, in getattr
 ZeroDivisionError: division by zero
@@ -150,7 +154,7 @@ def test_only_injected_faults_are_allowed_and_only_when_expected() -> None:
     [
         "Traceback (most recent call last):\n  File 'x'\nValueError: early\n",
         f"{HEADER}INFO: x\nException ignored in: <function f>\nTraceback (most recent ...\n",
-        f"{HEADER}ERROR: internal error in serve; answered EIO\n",
+        f"{HEADER}CRITICAL: internal error in serve; failing closed\n",
     ],
     ids=["before-logging", "unraisable", "no-traceback"],
 )
@@ -210,10 +214,10 @@ def test_the_teardown_check_fails_unclean_daemons(tmp_path: Path, fuse_required:
         if name.endswith("_fails"):
             assert "failed on teardown" in message and "did not run clean" in message, message
     fault = outcomes["test_fault_fails"]
-    assert "it counted 1 fault(s)" in fault and "its log has: " in fault
+    assert "the daemon exited with status 70" in fault and "its log has: " in fault
     assert "--- daemon log" in fault and "RuntimeError: injected fault in lookup" in fault
     assert "the daemon was killed by SIGKILL" in outcomes["test_kill_fails"]
     assert "it needed umount -l" in outcomes["test_lazy_unmount_fails"]
-    assert "counted 1 fault(s)" in outcomes["test_daemonized_fault_fails"]
+    assert "the daemon exited with status 70" in outcomes["test_daemonized_fault_fails"]
     inner = str(tmp_path / "in")
     assert [e for e in mount_table() if e.fstype == FSTYPE and e.mountpoint.startswith(inner)] == []

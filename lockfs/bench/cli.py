@@ -38,6 +38,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cold-cycles", type=int, metavar="N")
     parser.add_argument("--memory-locks", type=int, metavar="N")
     parser.add_argument("--held-locks", type=int, metavar="N")
+    parser.add_argument("--listing-entries", type=int, metavar="N")
     parser.add_argument("--reclaim-delay", type=float, default=0.5, metavar="SECONDS")
     parser.add_argument(
         "--dir-grace", type=float, metavar="SECONDS", help="default 10 (--quick: 0.5)"
@@ -83,7 +84,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
     base = PRESETS[args.preset]
     overrides = {
         key: getattr(args, key)
-        for key in ("hot_cycles", "cold_cycles", "memory_locks", "held_locks")
+        for key in ("hot_cycles", "cold_cycles", "memory_locks", "held_locks", "listing_entries")
         if getattr(args, key) is not None
     }
     return Sizes(**{**asdict(base), **overrides})

@@ -233,6 +233,28 @@ def render_held(held: dict[str, Any]) -> str:
     )
 
 
+def render_listing(section: dict[str, Any]) -> str:
+    """Hot cycles alone and while the listers list the big directory, and their ratio."""
+    rows: list[list[Any]] = []
+    for run in section["runs"]:
+        procs, alone, busy = run["procs"], run["alone"], run["listing"]
+        rows += [
+            [f"hot cycles/s, {procs} process(es), alone", alone["cycles_per_s"]],
+            [f"hot cycles/s, {procs} process(es), while listing", busy["cycles_per_s"]],
+            [f"ratio (goal >= 0.5), {procs} process(es)", run["ratio"]],
+            [f"listings/s meanwhile, {procs} process(es)", run["listings_per_s"]],
+            [f"entries listed/s meanwhile, {procs} process(es)", run["entries_per_s"]],
+            [f"daemon CPU µs/hot cycle while listing, {procs} process(es)",
+             busy.get("daemon_cpu_us_per_cycle")],
+        ]  # fmt: skip
+    return render_table(
+        f"Listing: hot cycles while {section['listers']} processes list a directory of "
+        f"{section['entries']:,} held locks in a loop ({section['cycles']:,} cycles per run)",
+        ("", "lockfs"),
+        rows,
+    )
+
+
 def render(results: dict[str, Any]) -> str:
     """All tables of a run."""
     meta = results["meta"]
@@ -260,6 +282,8 @@ def render(results: dict[str, Any]) -> str:
         blocks.append(render_memory(results["memory"]))
     if "held" in results:
         blocks.append(render_held(results["held"]))
+    if "listing" in results:
+        blocks.append(render_listing(results["listing"]))
     requests = render_requests(results)
     if requests:
         blocks.append(requests)

@@ -11,7 +11,7 @@ from typing import Any
 
 from .progress import BenchError
 from .targets import Snapshot, Target, snapshot, table_state
-from .workers import hold_worker, loop_worker
+from .workers import HELD_PER_DIR, hold_worker, list_worker, loop_worker
 
 
 def split_range(indices: range, parts: int) -> list[range]:
@@ -182,10 +182,20 @@ def timed_run(
 
 
 @contextlib.contextmanager
-def holding(target: Target, first: int, count: int, procs: int) -> Iterator[dict[str, Any]]:
-    """Hold locks ``first .. first+count-1`` on ``target`` in ``procs`` processes."""
+def holding(
+    target: Target,
+    first: int,
+    count: int,
+    procs: int,
+    *,
+    root: str | None = None,
+    per_dir: int = HELD_PER_DIR,
+) -> Iterator[dict[str, Any]]:
+    """Hold locks ``first .. first+count-1`` on ``target`` in ``procs`` processes, at
+    workers.held_path under ``root`` (default: the target's), ``per_dir`` per directory."""
     ranges = split_range(range(first, first + count), procs)
-    with Workers(hold_worker, [(target.root, r) for r in ranges]) as workers:
+    jobs = [(root or target.root, r, per_dir) for r in ranges]
+    with Workers(hold_worker, jobs) as workers:
         infos = workers.expect("ready", run_timeout(count))
         wall = max(i["end"] for i in infos) - min(i["start"] for i in infos)
         yield {
@@ -197,6 +207,24 @@ def holding(target: Target, first: int, count: int, procs: int) -> Iterator[dict
         }
         workers.send_all("release")
         workers.expect("done", 60 + count * 1e-3)
+
+
+@contextlib.contextmanager
+def listing(directory: str, procs: int) -> Iterator[dict[str, Any]]:
+    """``procs`` processes list ``directory`` in a loop while the block runs; afterwards the
+    dictionary holds how many listings and entries per second they made."""
+    out: dict[str, Any] = {"procs": procs}
+    with Workers(list_worker, [(directory,)] * procs) as workers:
+        workers.expect("ready", 60)
+        yield out
+        workers.send_all("stop")
+        results = workers.expect("done", 600)
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    out["wall_s"] = wall
+    out["listings"] = sum(r["listings"] for r in results)
+    out["entries"] = sum(r["entries"] for r in results)
+    out["listings_per_s"] = out["listings"] / wall if wall > 0 else None
+    out["entries_per_s"] = out["entries"] / wall if wall > 0 else None
 
 
 def ratios(tmpfs: dict[str, Any], lockfs: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:

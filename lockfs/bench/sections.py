@@ -1,4 +1,4 @@
-"""What the bench measures: the hot, cold, memory and held sections."""
+"""What the bench measures: the hot, cold, memory, held and listing sections."""
 
 from __future__ import annotations
 
@@ -20,10 +20,18 @@ from .machine import (
     slab_reading,
 )
 from .progress import progress
-from .runs import RUN_RATIO_KEYS, daemon_figures, holding, ratios, split_range, timed_run
+from .runs import (
+    RUN_RATIO_KEYS,
+    daemon_figures,
+    holding,
+    listing,
+    ratios,
+    split_range,
+    timed_run,
+)
 from .targets import Target, snapshot, table_state
 
-SECTIONS = ("hot", "cold", "memory", "held")
+SECTIONS = ("hot", "cold", "memory", "held", "listing")
 
 
 @dataclass(frozen=True)
@@ -34,10 +42,14 @@ class Sizes:
     cold_cycles: int
     memory_locks: int
     held_locks: int
+    #: Entries of the directory the listing section's listers list.
+    listing_entries: int = 65_536
 
 
 PRESETS = {
-    "quick": Sizes(hot_cycles=300, cold_cycles=200, memory_locks=500, held_locks=200),
+    "quick": Sizes(
+        hot_cycles=300, cold_cycles=200, memory_locks=500, held_locks=200, listing_entries=4096
+    ),
     "default": Sizes(hot_cycles=20_000, cold_cycles=5_000, memory_locks=20_000, held_locks=10_000),
     "full": Sizes(
         hot_cycles=100_000, cold_cycles=20_000, memory_locks=1_000_000, held_locks=100_000
@@ -45,6 +57,8 @@ PRESETS = {
 }
 #: Locks held in the reference case of the held section.
 FEW_HELD = 10
+#: Processes listing the big directory in the listing section.
+LISTERS = 2
 
 
 @dataclass
@@ -323,9 +337,57 @@ def section_held(bench: Bench) -> dict[str, Any]:
     return out
 
 
+def section_listing(bench: Bench) -> dict[str, Any]:
+    """Hot lock cycles on lockfs by 1 and 2 processes, alone and while LISTERS processes list
+    a directory of ``listing_entries`` held lock files in a loop: what listing costs everyone
+    else (goal: at least half the throughput). Alone and while listing take turns in
+    ``bench.rounds`` rounds (bench.rounds), so both see the same machine."""
+    target = bench.lockfs
+    count = bench.sizes.listing_entries
+    cycles = bench.sizes.hot_cycles
+    probe = os.path.join(target.root, "probe", "vm-300.lck")
+    root = os.path.join(target.root, "listing")
+    directory = os.path.dirname(workers.held_path(root, 0, count))  # all in one directory
+    out: dict[str, Any] = {"entries": count, "listers": LISTERS, "cycles": cycles, "runs": []}
+    holders = holder_procs(count, 1)
+    progress(f"listing: holding {count:,} lock files in one directory ({holders} processes)")
+    with holding(target, 0, count, holders, root=root, per_dir=count):
+        for procs in sorted({1, min(2, bench.procs)}):
+            progress(
+                f"listing: {cycles:,} hot cycles, {procs} processes, alone and while "
+                f"{LISTERS} processes list {count:,} entries, {bench.rounds} rounds"
+            )
+            shares = split_range(range(cycles), bench.rounds)
+            parts: dict[str, list[dict[str, Any]]] = {"alone": [], "listing": []}
+            listed: list[dict[str, Any]] = []
+            for part, mode in rounds.turns(["alone", "listing"], bench.rounds):
+                if mode == "alone":
+                    parts[mode].append(bench.hot_run(target, probe, len(shares[part]), procs))
+                    continue
+                with listing(directory, LISTERS) as listers:
+                    parts[mode].append(bench.hot_run(target, probe, len(shares[part]), procs))
+                listed.append(listers)
+            alone, busy = rounds.combine(parts["alone"]), rounds.combine(parts["listing"])
+            wall = sum(x["wall_s"] for x in listed)
+            out["runs"].append(
+                {
+                    "procs": procs,
+                    "alone": alone,
+                    "listing": busy,
+                    "listings_per_s": sum(x["listings"] for x in listed) / wall,
+                    "entries_per_s": sum(x["entries"] for x in listed) / wall,
+                    "ratio": busy["cycles_per_s"] / alone["cycles_per_s"],
+                }
+            )
+    progress("listing: releasing")
+    target.settle()
+    return out
+
+
 SECTION_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "hot": section_hot,
     "cold": section_cold,
     "memory": section_memory,
     "held": section_held,
+    "listing": section_listing,
 }

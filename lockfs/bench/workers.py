@@ -8,7 +8,8 @@ inside the timed part, so that the same loop measures tmpfs and lockfs:
   (``create_dir_all`` of the parent, ``open`` without O_CREAT, ``mkostemp``, ``fchmod 0660``,
   ``fchown``, ``renameat2(RENAME_NOREPLACE)``, ``flock(LOCK_EX|LOCK_NB)``, the double-stat
   check, ``close``): lockfs.pbs_lock, the implementation the tests' lock-taking program uses;
-* **hold**: take many locks and keep them until told to let go.
+* **hold**: take many locks and keep them until told to let go;
+* **list**: list one directory over and over until told to stop (the listing section).
 
 Workers talk to the bench over a :mod:`multiprocessing` pipe: ``("ready", info)`` once set up,
 then, after the shared *go* event, ``("done", result)``; any failure is ``("error", text)``.
@@ -39,9 +40,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
 
 
-def held_path(root: str, index: int) -> str:
-    """The path of held lock number ``index`` (1,000 per directory)."""
-    return f"{root}/held/{index // HELD_PER_DIR:04d}/{index}.lck"
+def held_path(root: str, index: int, per_dir: int = HELD_PER_DIR) -> str:
+    """The path of held lock number ``index`` (``per_dir`` per directory, 1,000 by default)."""
+    return f"{root}/held/{index // per_dir:04d}/{index}.lck"
 
 
 def hot_cycle(path: str) -> None:
@@ -122,7 +123,7 @@ def raise_nofile(needed: int) -> int:
     return new_soft
 
 
-def hold_worker(conn: Connection, root: str, indices: range) -> None:
+def hold_worker(conn: Connection, root: str, indices: range, per_dir: int = HELD_PER_DIR) -> None:
     """Take (and keep) the hot-style locks ``indices``; close them all on ``release``."""
     _child_setup()
     fds: list[int] = []
@@ -130,8 +131,8 @@ def hold_worker(conn: Connection, root: str, indices: range) -> None:
         limit = raise_nofile(len(indices) + 64)
         start = time.monotonic()
         for i in indices:
-            path = held_path(root, i)
-            if i == indices.start or i % HELD_PER_DIR == 0:
+            path = held_path(root, i, per_dir)
+            if i == indices.start or i % per_dir == 0:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             fds.append(fd)
@@ -148,5 +149,25 @@ def hold_worker(conn: Connection, root: str, indices: range) -> None:
             os.close(fd)
         with contextlib.suppress(OSError):
             conn.send(("error", f"holder {os.getpid()}: {type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def list_worker(conn: Connection, directory: str) -> None:
+    """List ``directory`` (``os.listdir``: every READDIR of it) in a loop until told to stop;
+    report how many listings and entries that made."""
+    _child_setup()
+    try:
+        conn.send(("ready", {"pid": os.getpid()}))
+        listings = entries = 0
+        start = time.monotonic()
+        while not conn.poll():
+            entries += len(os.listdir(directory))
+            listings += 1
+        end = time.monotonic()
+        conn.send(("done", {"listings": listings, "entries": entries, "start": start, "end": end}))
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            conn.send(("error", f"lister {os.getpid()}: {type(exc).__name__}: {exc}"))
     finally:
         conn.close()

@@ -24,13 +24,14 @@ def test_clean_passes(mnt: Mount) -> None:
 
 def test_fault_fails(make_mount: MakeMount) -> None:
     mnt = make_mount(LOCKFS_TEST_HOOKS="fault-entry")
-    assert errno_of(os.stat, mnt / FAULT) == errno.EIO
+    assert errno_of(os.stat, mnt / FAULT) == errno.ECONNABORTED  # failed closed
 
 
 @pytest.mark.injects_faults
+@pytest.mark.kills_daemon
 def test_marked_fault_passes(make_mount: MakeMount) -> None:
     mnt = make_mount(LOCKFS_TEST_HOOKS="fault-entry")
-    assert errno_of(os.stat, mnt / FAULT) == errno.EIO
+    assert errno_of(os.stat, mnt / FAULT) == errno.ECONNABORTED
 
 
 def test_kill_fails(mnt: Mount) -> None:
@@ -57,4 +58,4 @@ def test_lazy_unmount_fails(mnt: Mount) -> None:
 def test_daemonized_fault_fails(daemons: Daemons) -> None:
     path = daemons.mountpoint()
     assert daemons.lockfs(path, LOCKFS_TEST_HOOKS="fault-entry").returncode == 0
-    assert errno_of(os.stat, Path(path) / FAULT) == errno.EIO
+    assert errno_of(os.stat, Path(path) / FAULT) == errno.ECONNABORTED

@@ -1,8 +1,9 @@
 """What the tests share, each written once (and tested in tests/test_support.py).
 
 Tests import these from ``support``; ``conftest`` only defines fixtures (built on them), and no
-test imports from it. PBS's lock sequence, ``renameat2`` and chunk lock paths are in the package
-(lockfs.pbs_lock), because lockfs-bench uses them on hosts without tests/.
+test imports from it. PBS's lock sequence and chunk lock paths (lockfs.pbs_lock) and
+``renameat2`` (lockfs.linux) are in the package, because lockfs-bench uses them on hosts
+without tests/.
 
 Waiting and errors (support.expect)
     :func:`wait_for` (on lockfs.harness.wait_until), :func:`errno_of`
@@ -21,8 +22,14 @@ Mounts (support.mounts)
 The teardown check (support.daemon_check)
     :class:`Expectations` (from the ``injects_faults`` and ``kills_daemon`` markers),
     :func:`log_problems`, :func:`report`, :func:`fail_on`
+Plain lock directories as PBS leaves them (support.lock_dirs)
+    :func:`~support.lock_dirs.plain_lock_dir`, :func:`~support.lock_dirs.snapshot`,
+    :data:`~support.lock_dirs.JOURNAL`, :data:`~support.lock_dirs.BACKUP_ID`
 The test layers (support.layers)
-    ``fuse`` and ``deploy`` markers: :func:`~support.layers.layer_markers`
+    ``fuse``, ``deploy`` and ``system`` markers: :func:`~support.layers.layer_markers`
+Containers of the system tests (imported from their modules, not from here)
+    support.containers: Debian 12 and 13 booted with systemd in systemd-nspawn;
+    support.pbs_host: such a container set up as a PBS host, with stand-ins of its services
 """
 
 from __future__ import annotations

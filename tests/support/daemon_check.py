@@ -1,7 +1,8 @@
 """The check every daemon gets at teardown: it ran clean.
 
-A handler bug is answered with EIO and counted as a fault while the daemon keeps serving, so a
-test that does not look stays green. After every test, each daemon it started must have
+A handler bug fails the daemon closed (it exits 70); other bugs may only be logged while the
+daemon keeps serving, so a test that does not look stays green. After every test, each daemon
+it started must have
 
 * counted no faults (``faults`` in its status, read before it is stopped);
 * exited with status 0 (stopped by SIGTERM, or by the test's own umount);
@@ -12,8 +13,9 @@ test that does not look stays green. After every test, each daemon it started mu
 The opt-outs are markers, for what a test does on purpose, and allow only that:
 
 ``@pytest.mark.injects_faults``
-    the test injects faults (``LOCKFS_TEST_HOOKS=fault-entry``): faults may be counted, and
-    the log may hold the injected ones (a traceback ending in "injected fault"), no others;
+    the test injects faults (``LOCKFS_TEST_HOOKS=fault-entry``, ``raise-at=``): faults may be
+    counted, and the log may hold the injected ones (a traceback ending in "injected fault"),
+    no others; each fails its daemon closed, so such a test is ``kills_daemon`` too;
 ``@pytest.mark.kills_daemon``
     the test kills a daemon, or makes it fail or hang: its exit status need not be 0, and one
     that does not answer or exit when stopped is killed without failing the test.
@@ -37,8 +39,8 @@ LOG_TAIL_LINES = 40
 _RECORD_START = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\S* lockfs\[\d+\] [A-Z]+: ")
 #: What a clean daemon never logs.
 _BAD_SIGNS = ("Traceback (most recent call last)", "internal error", "Exception ignored in")
-#: The last line of the traceback of a fault injected by ``fault-entry``.
-_INJECTED = re.compile(r"RuntimeError: injected fault in \w+")
+#: The last line of the traceback of a fault injected by ``fault-entry`` or ``raise-at``.
+_INJECTED = re.compile(r"RuntimeError: injected fault in \w+( at \w+\.py:\d+)?")
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,14 @@ import pytest
 from lockfs import control, harness
 from lockfs.control import ControlError, query_status, socket_path
 from lockfs.logs import log_path
+from lockfs.mirror_dir import mirror_path
 from lockfs.mounts import entries_at, is_lockfs_mounted
+from lockfs.options import MountOptions
 from lockfs.status import MountStatus
 
 from .daemon_check import Expectations, describe_exit, log_problems, report
 from .expect import wait_for
-from .processes import Processes, daemon_env, lockfs_command, run_lockfs
+from .processes import DAEMON_PYTHON, Processes, daemon_env, lockfs_command, run_lockfs
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
@@ -51,6 +53,15 @@ def require_fuse() -> None:
         problems.append("fusermount3 is missing (apt-get install fuse3: run mount/setup --dev)")
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
+
+
+def remove_mirror(path: str | os.PathLike[str], data_dir: str | None = None) -> None:
+    """Remove the data a mount at ``path`` kept across restarts (lockfs.persist) in
+    ``data_dir`` (default: the option's default): tests mount at temporary paths, and their
+    data must not outlive them."""
+    data_dir = data_dir or MountOptions().data_dir
+    assert data_dir is not None
+    shutil.rmtree(mirror_path(data_dir, os.path.realpath(path)), ignore_errors=True)
 
 
 def umount_lazily(path: str) -> None:
@@ -89,7 +100,14 @@ def unmount(path: str, notes: list[str]) -> bool:
 class Mount(Processes):
     """A running ``lockfs -f`` daemon and the processes a test started on its mount."""
 
-    def __init__(self, path: Path, options: str, log: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        options: str,
+        log: Path,
+        env: dict[str, str],
+        python: str | None = None,
+    ) -> None:
         super().__init__()
         self.path = Path(os.path.realpath(path))
         self.log = log
@@ -103,9 +121,8 @@ class Mount(Processes):
         self.mount_id: int | None = None
         self._stopped = False
         #: The daemon (lockfs.harness, shared with lockfs-bench): its process is ``proc``.
-        self.server = harness.ServerProcess(
-            lockfs_command(self.path, "-f", "-o", options), self.path, log, env=env
-        )
+        command = lockfs_command(self.path, "-f", "-o", options, python=python or DAEMON_PYTHON)
+        self.server = harness.ServerProcess(command, self.path, log, env=env)
         self.proc = self.server.proc
         try:
             self.server.wait_serving(15, lambda: True)
@@ -203,16 +220,25 @@ class Mount(Processes):
             if code != 0:
                 found.append(describe_exit(code))
         if self.faults_at_stop and not expect.faults:
-            found.append(f"it counted {self.faults_at_stop} fault(s): requests answered EIO")
+            found.append(f"it counted {self.faults_at_stop} fault(s): internal errors")
         log = self.log_text()
         found += log_problems(log, expect)
         return [report(f"lockfs -f at {self.path}", found, log)] if found else []
 
 
 class MakeMount(Protocol):
-    """The ``make_mount`` fixture: ``make_mount(options, public=False, **env)``."""
+    """The ``make_mount`` fixture: ``make_mount(options, public=False, at=None, python=None,
+    **env)``."""
 
-    def __call__(self, options: str = ..., public: bool = ..., **env_extra: str) -> Mount: ...
+    def __call__(
+        self,
+        options: str = ...,
+        public: bool = ...,
+        *,
+        at: Path | None = ...,
+        python: str | None = ...,
+        **env_extra: str,
+    ) -> Mount: ...
 
 
 #: The options of ``make_mount()`` and ``mnt``: short reclaim delays.
@@ -227,17 +253,29 @@ class Mounts:
         self.mounts: list[Mount] = []
         self.public_dirs: list[Path] = []
 
-    def make(self, options: str = DEFAULT_OPTIONS, public: bool = False, **env_extra: str) -> Mount:
+    def make(
+        self,
+        options: str = DEFAULT_OPTIONS,
+        public: bool = False,
+        *,
+        at: Path | None = None,
+        python: str | None = None,
+        **env_extra: str,
+    ) -> Mount:
         """Mount a fresh lockfs with ``options`` and extra environment for the daemon.
-        ``public``: where every user can reach it (pytest's tmp dirs are 0700)."""
-        if public:
+        ``public``: where every user can reach it (pytest's tmp dirs are 0700); ``at``: at
+        the mountpoint of an earlier mount of this test (a restart); ``python``: the daemon's
+        interpreter (default DAEMON_PYTHON)."""
+        if at is not None:
+            path = at
+        elif public:
             path = Path(tempfile.mkdtemp(prefix="lockfs-test-", dir="/tmp"))
             path.chmod(0o755)
             self.public_dirs.append(path)
         else:
             path = Path(tempfile.mkdtemp(prefix="mnt-", dir=self.tmp_path))
         log = self.tmp_path / f"lockfs-{len(self.mounts)}.log"
-        mount = Mount(path, options, log, daemon_env(**env_extra))
+        mount = Mount(path, options, log, daemon_env(**env_extra), python)
         self.mounts.append(mount)
         return mount
 
@@ -248,6 +286,8 @@ class Mounts:
         for mount in reversed(self.mounts):
             mount.stop()
             reports += mount.problems(expect)
+        for path in {mount.path for mount in self.mounts}:
+            remove_mirror(path)
         for path in self.public_dirs:
             if not is_lockfs_mounted(path):
                 path.rmdir()
@@ -413,6 +453,7 @@ class Daemons(Processes):
             # Without syslog (as on the test machine) each daemon's lines go to a file under
             # /run/lockfs that outlives it, as it should for an administrator; not for tests.
             for path in self.paths:
+                remove_mirror(path)
                 log_file = log_path(os.path.realpath(path))
                 for name in (log_file, f"{log_file}.1"):
                     with contextlib.suppress(FileNotFoundError):
@@ -458,7 +499,7 @@ class Daemons(Processes):
             ]
         if not expect.faults:
             found += [
-                f"lockfs at {path} counted {faults} fault(s): requests answered EIO"
+                f"lockfs at {path} counted {faults} fault(s): internal errors"
                 for path, faults in self.faults.items()
                 if faults
             ]

@@ -31,9 +31,9 @@ def daemon_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def lockfs_command(*args: StrPath) -> list[str]:
-    """The development ``lockfs`` command (this checkout, on DAEMON_PYTHON)."""
-    return [DAEMON_PYTHON, "-m", "lockfs", *(str(a) for a in args)]
+def lockfs_command(*args: StrPath, python: str = DAEMON_PYTHON) -> list[str]:
+    """The development ``lockfs`` command (this checkout, on DAEMON_PYTHON or ``python``)."""
+    return [python, "-m", "lockfs", *(str(a) for a in args)]
 
 
 def run_lockfs(
