@@ -20,6 +20,7 @@ from typing import Any
 
 from . import logs
 from .fuse_ops import LockOperations
+from .invalidator import EntryInvalidator
 from .nodes import NodeTable
 from .options import MountOptions
 from .status import MountStatus
@@ -29,12 +30,19 @@ class ControlCommands:
     """Read-only views of one mount's node table, request counters and options."""
 
     def __init__(
-        self, mountpoint: str, table: NodeTable, ops: LockOperations, options: MountOptions
+        self,
+        mountpoint: str,
+        table: NodeTable,
+        ops: LockOperations,
+        options: MountOptions,
+        invalidator: EntryInvalidator | None = None,
     ) -> None:
         self.mountpoint = mountpoint
         self.table = table
         self.ops = ops
         self.options = options
+        #: The invalidation thread's keeper: its faults and stuck invalidations.
+        self.invalidator = invalidator
         self._started = time.monotonic()
 
     def __call__(self, command: str) -> Any:
@@ -54,6 +62,9 @@ class ControlCommands:
         dirs = table.dir_count
         with open("/proc/self/statm") as statm:
             rss_pages = int(statm.read().split()[1])
+        invalidator = self.invalidator
+        now = time.monotonic()
+        stuck = invalidator.stuck() if invalidator is not None else []
         return MountStatus(
             mountpoint=self.mountpoint,
             pid=os.getpid(),
@@ -72,6 +83,10 @@ class ControlCommands:
             rss_bytes=rss_pages * resource.getpagesize(),
             options=self.options,
             log=logs.destination(),
+            thread_faults=invalidator.faults if invalidator is not None else 0,
+            invalidations_stuck=len(stuck),
+            invalidations_stuck_total=invalidator.stuck_total if invalidator is not None else 0,
+            stuck_directories={s.directory: round(now - s.since, 1) for s in stuck},
         )
 
     def node_info(self, inos: Iterable[int]) -> dict[str, dict[str, Any]]:

@@ -14,13 +14,14 @@ import logging
 import os
 import resource
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 import pyfuse3
 import trio
 
-from . import logs, request_loop, rootfiles
+from . import request_loop, rootfiles
 from .commands import ControlCommands
 from .control import serve_control, socket_path
 from .fuse_ops import LockOperations
@@ -32,7 +33,7 @@ from .options import MountOptions
 from .persist import DataMirror
 from .reclaimer import reclaim_loop
 from .testing_hooks import NO_HOOKS, TestHooks
-from .watchdog import Watchdog, abort_connection, describe_request, fusectl_name
+from .watchdog import EXIT_FAILED_CLOSED, FailClosed, Watchdog, describe_request
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ HANDLED_SIGNALS = (*SHUTDOWN_SIGNALS, signal.SIGHUP)
 #: How long the daemon waits for the invalidation thread at exit (it is idle or nearly done).
 INVALIDATOR_STOP_TIMEOUT = 2.0
 #: Exit status of a daemon that failed closed on an internal error (EX_SOFTWARE, like a hang).
-EXIT_FAULT = 70
+EXIT_FAULT = EXIT_FAILED_CLOSED
 
 
 def raise_open_file_limit() -> None:
@@ -85,24 +86,38 @@ class Daemon:
         self.ops = LockOperations(self.table, trace=options.debug)
         self.ops.fail_closed = self._fail_closed
         self.ops.fault_hook = hooks.request_hook()
+        #: Ends the daemon when it can no longer be trusted to serve (from any thread): one
+        #: log line with the reason, every thread's stack, the FUSE connection aborted, exit 70.
+        self.fail_closed = FailClosed(
+            self.mountpoint, self._device, abort=not hooks.watchdog_exit_only
+        )
+        #: Counts the requests the loop completes (set by mount(): the watchdog's progress).
+        self.request_loop: request_loop.RequestLoop | None = None
         self.watchdog: Watchdog | None = None
         if options.hang_timeout:
             self.watchdog = Watchdog(
                 options.hang_timeout,
                 self.ops,
-                mountpoint=self.mountpoint,
-                device=self._device,
-                abort=not hooks.watchdog_exit_only,
+                self.fail_closed,
+                progress=self._requests_completed,
+                fault=hooks.watchdog_hook(),
             )
+        #: Sends the reclaimer's invalidations from a thread of its own (and replaces that
+        #: thread when it dies or gets stuck).
+        self.invalidator = EntryInvalidator(
+            hooks.invalidation_hook(pyfuse3.invalidate_entry),
+            path_of=self._directory_path,
+            fail_closed=self.fail_closed,
+        )
         #: What the control socket answers (status, node info).
-        self.commands = ControlCommands(self.mountpoint, self.table, self.ops, options)
+        self.commands = ControlCommands(
+            self.mountpoint, self.table, self.ops, options, self.invalidator
+        )
         self._mounted = False
         #: The mount ID of this daemon's mount (None before mounting).
         self.mount_id: int | None = None
         #: Set once the kernel ended the FUSE session: the mount is gone, nothing to unmount.
         self._session_ended = False
-        #: Sends the reclaimer's invalidations from a thread of its own.
-        self.invalidator = EntryInvalidator()
 
     def mount(self) -> None:
         """Load the data kept from earlier mounts, then mount the filesystem (requests wait in
@@ -113,7 +128,7 @@ class Daemon:
         """
         os.close(rootfiles.private_dir(os.path.dirname(socket_path(self.mountpoint))))
         raise_open_file_limit()
-        request_loop.install()
+        self.request_loop = request_loop.install()
         if self.mirror is not None:
             self._restore(self.mirror)
         try:
@@ -146,11 +161,13 @@ class Daemon:
 
     def serve(self, on_ready: Callable[[], None] = lambda: None) -> None:
         """Serve requests until the filesystem is unmounted, then clean up."""
+        threading.excepthook = _log_thread_exception
         try:
             trio.run(self._serve, on_ready)
         finally:
             # Ending: a late SIGTERM has nothing left to do, and must not kill the exit (trio
-            # gave the signals their default action back; threads may not block them).
+            # gave the signals back the handler they had, see _handle_signals; Python resets
+            # handlers to the default at interpreter exit, SIG_IGN it keeps).
             for signum in HANDLED_SIGNALS:
                 signal.signal(signum, signal.SIG_IGN)
             if self.watchdog is not None:
@@ -158,8 +175,10 @@ class Daemon:
             self._close()
 
     async def _serve(self, on_ready: Callable[[], None]) -> None:
+        self.fail_closed.find_connection()
         async with trio.open_nursery() as nursery:
             self.invalidator.start()
+            nursery.start_soon(self.invalidator.watch)
             nursery.start_soon(reclaim_loop, self.table, self.invalidator.submit)
             nursery.start_soon(self._handle_signals)
             if self.options.metrics_file:
@@ -189,28 +208,28 @@ class Daemon:
             log.info("FUSE session ended")
             nursery.cancel_scope.cancel()
 
+    def _requests_completed(self) -> int:
+        """Requests the loop has completed (the watchdog's sign of progress)."""
+        return self.request_loop.passes if self.request_loop is not None else 0
+
+    def _directory_path(self, ino: int) -> str:
+        """The absolute path of directory inode ``ino`` (for log lines and the status)."""
+        node = self.table.nodes.get(ino)
+        if node is None:
+            return f"{self.mountpoint} (directory inode {ino}, gone)"
+        relative = node.path().decode("utf-8", "backslashreplace")
+        return os.path.join(self.mountpoint, relative) if relative else self.mountpoint
+
     def _fail_closed(self, request: str, args: tuple[Any, ...], exc: Exception) -> NoReturn:
         """A handler raised an unexpected exception: the change it was making may be half
         done, and the kernel (which got no answer) has not applied it, so the table may
-        disagree with the kernel. Never serve it: one log line (the request, its arguments,
-        the exception and its traceback), abort the FUSE connection (every caller gets
-        ECONNABORTED, then ENOTCONN, as after a hang: lockfs.watchdog), exit EXIT_FAULT."""
-        log.critical(
-            "internal error in %s: %s: %s; failing closed: aborting the FUSE connection of %s "
-            "(callers get ENOTCONN) and exiting with status %d; remount it (stop the lock "
-            "holders, umount, mount again)",
-            describe_request(self.ops, request, args),
-            type(exc).__name__,
-            exc,
-            self.mountpoint,
-            EXIT_FAULT,
-            exc_info=exc,
-        )
-        logs.flush()
-        try:
-            abort_connection(fusectl_name(self._device()))
-        finally:  # the exit aborts the connection too, unless a thread is stuck in the kernel
-            os._exit(EXIT_FAULT)
+        disagree with the kernel. Never serve it: :attr:`fail_closed` with one log line (the
+        request, its arguments, the exception and its traceback), the FUSE connection aborted
+        (every caller gets ECONNABORTED, then ENOTCONN, as after a hang), exit EXIT_FAULT."""
+        request_text = describe_request(self.ops, request, args)
+        reason = f"internal error in {request_text}: {type(exc).__name__}: {exc}"
+        self.fail_closed(reason, exc)
+        os._exit(EXIT_FAULT)  # not reached: fail_closed ends the process
 
     def _device(self) -> int:
         """The mount's device number, from the mount table (never by stat'ing the mount)."""
@@ -221,6 +240,13 @@ class Daemon:
 
     async def _handle_signals(self) -> None:
         """SIGTERM/SIGINT: unmount if nothing is open, else log why not and keep serving."""
+        # What the receiver puts back when it closes, once the session is over: a signal sent
+        # again by an impatient caller must not kill the daemon half-way through its exit
+        # (dropping a large table takes a while). A handler, not SIG_IGN, which would discard
+        # a signal that arrived during start-up (blocked until the receiver is open); serve()
+        # ignores them once trio is done.
+        for handled in HANDLED_SIGNALS:
+            signal.signal(handled, _ignore_signal)
         with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             async for signum in signals:
@@ -301,3 +327,20 @@ class Daemon:
         if self.mirror is not None:
             self.mirror.close()
         log.info("lockfs at %s stopped", self.mountpoint)
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """The handler of the shutdown signals once the daemon no longer serves."""
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception that ends any thread is logged with its traceback (stderr is /dev/null in
+    a detached daemon); the threads' keepers act on the death itself."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    log.critical(
+        "internal error in thread %s; it has ended",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )

@@ -7,9 +7,14 @@ pyfuse3 looks both up through its module attribute ``trio`` (the seam its own as
 replaces), so :func:`install` puts a thin stand-in there that
 
 * answers ``wait_readable`` at once when a zero-timeout ``poll`` says a request is waiting,
-  and otherwise (and at least every :data:`YIELD_EVERY` requests) waits the trio way, so the
-  other tasks (reclaim, signals, control socket, the watchdog's heartbeat) and cancellation
-  still get their turn within a few milliseconds under full load;
+  and otherwise (and at least every :data:`YIELD_EVERY` requests or :data:`YIELD_AFTER`
+  seconds, whichever comes first) waits the trio way, so the other tasks (reclaim, signals,
+  control socket, the watchdog's heartbeat) and cancellation get their turn within a few
+  milliseconds under full load, however long each request takes;
+* counts its calls (:attr:`RequestLoop.passes`): pyfuse3's worker calls ``wait_readable`` once
+  before reading each request, after the previous one was answered, so the count moving means
+  requests complete. The hang watchdog (lockfs.watchdog) takes it as progress next to its
+  heartbeat, so a flood of slow but valid requests never looks like a stopped loop;
 * hands out a lock whose uncontended acquire and release are a flag (no scheduler pass, no
   ``trio.Lock`` bookkeeping).
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import select
 import types
+from time import monotonic
 from typing import Any
 
 import pyfuse3
@@ -30,6 +36,9 @@ import trio
 #: per request, the other tasks wait at most a few milliseconds. (16 cost measurably more CPU
 #: per hot cycle: one scheduler pass costs as much as several requests.)
 YIELD_EVERY = 64
+#: Seconds of requests answered in a row without a pass through trio's scheduler, at most:
+#: slow requests (a READDIR of a large directory) reach it long before :data:`YIELD_EVERY`.
+YIELD_AFTER = 0.005
 
 
 class _Lock:
@@ -65,23 +74,30 @@ class _Lock:
         self._held = False
 
 
-class _Readiness:
-    """``wait_readable`` that returns at once when the descriptor is readable already."""
+class RequestLoop:
+    """``wait_readable`` that returns at once when the descriptor is readable already, and
+    counts its calls."""
 
     def __init__(self) -> None:
         self._polls: dict[int, Any] = {}
         self._budget = YIELD_EVERY
+        self._yield_at = 0.0
+        #: Calls so far: one per request read (read by the watchdog's thread; one increment
+        #: under the GIL per request).
+        self.passes = 0
 
     async def wait_readable(self, fd: int) -> None:
+        self.passes += 1
         poller = self._polls.get(fd)
         if poller is None:
             poller = self._polls[fd] = select.poll()
             poller.register(fd, select.POLLIN)
-        if self._budget > 0 and poller.poll(0):
+        if self._budget > 0 and monotonic() < self._yield_at and poller.poll(0):
             self._budget -= 1
             return
         self._budget = YIELD_EVERY
         await trio.lowlevel.wait_readable(fd)
+        self._yield_at = monotonic() + YIELD_AFTER
 
 
 class _Lowlevel(types.SimpleNamespace):
@@ -94,9 +110,10 @@ class _Trio(types.SimpleNamespace):
         return getattr(trio, name)
 
 
-def install() -> None:
-    """Make pyfuse3 use the cheaper wait (call before ``pyfuse3.init``)."""
-    readiness = _Readiness()
+def install() -> RequestLoop:
+    """Make pyfuse3 use the cheaper wait (call before ``pyfuse3.init``); the wait's counter."""
+    loop = RequestLoop()
     pyfuse3.trio = _Trio(  # type: ignore[attr-defined]
-        Lock=_Lock, lowlevel=_Lowlevel(wait_readable=readiness.wait_readable)
+        Lock=_Lock, lowlevel=_Lowlevel(wait_readable=loop.wait_readable)
     )
+    return loop

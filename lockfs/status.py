@@ -100,11 +100,48 @@ class MountStatus:
     #: Where the daemon's next log line goes, and where earlier ones went if elsewhere
     #: (lockfs.logs): "syslog (/dev/log)", "journal (...)", a file under /run/lockfs, "stderr".
     log: str = ""
+    #: Errors that ended the invalidation thread (each logged with its traceback; the thread
+    #: was restarted: lockfs.invalidator).
+    thread_faults: int = field(
+        default=0,
+        metadata={
+            "metric": Metric(
+                "lockfs_thread_faults_total",
+                "counter",
+                "Errors that ended the invalidation thread (logged; it was restarted).",
+            )
+        },
+    )
+    #: Entry invalidations waiting in the kernel beyond their bound now (their directories'
+    #: entries wait; reclaim goes on elsewhere), and since the mount.
+    invalidations_stuck: int = field(
+        default=0,
+        metadata={
+            "metric": Metric(
+                "lockfs_invalidations_stuck",
+                "gauge",
+                "Entry invalidations stuck in the kernel now (their directory waits).",
+            )
+        },
+    )
+    invalidations_stuck_total: int = field(
+        default=0,
+        metadata={
+            "metric": Metric(
+                "lockfs_invalidations_stuck_total",
+                "counter",
+                "Entry invalidations that did not return within their bound.",
+            )
+        },
+    )
+    #: The directories of the stuck invalidations (absolute paths) → seconds stuck.
+    stuck_directories: Mapping[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document the control socket sends and ``lockfs status --json`` prints."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["requests"] = dict(self.requests)
+        out["stuck_directories"] = dict(self.stuck_directories)
         out["options"] = _options_to_json(self.options)
         return out
 
@@ -174,9 +211,23 @@ def format_text(status: MountStatus) -> str:
         f"reclaim backlog  {status.reclaim_backlog} idle entries waiting for their delay",
         f"requests         {total} ({by_type or 'none'})",
         f"faults           {status.faults} (internal errors: each fails the mount closed)",
+        f"thread faults    {status.thread_faults} (errors that ended the invalidation thread; "
+        f"restarted)",
+        f"stuck            {_stuck_text(status)}",
         f"memory           {status.rss_bytes / 2**20:.1f} MiB resident",
         f"log              {status.log or 'unknown (the daemon predates this field)'}",
         f"options          {options}",
         f"kernel flags     {kernel_flags}",
     ]
     return "\n".join(lines)
+
+
+def _stuck_text(status: MountStatus) -> str:
+    """The stuck entry invalidations: how many, where, for how long."""
+    since = f"{status.invalidations_stuck_total} since mount"
+    stuck = sorted(status.stuck_directories.items(), key=lambda item: -item[1])
+    if not stuck:
+        return f"none ({since})"
+    where = ", ".join(f"{format_duration(seconds)} in {path}" for path, seconds in stuck)
+    plural = "s" if len(stuck) > 1 else ""
+    return f"{len(stuck)} entry invalidation{plural}: {where} (reclaim waits there; {since})"

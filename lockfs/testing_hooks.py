@@ -25,6 +25,15 @@ never sets it. Its value is a comma-separated list of hooks:
 ``watchdog-exit-only``
     The hang watchdog ends the process without aborting the connection through fusectl, to
     show that the exit alone aborts it.
+``watchdog-fault=raise`` or ``watchdog-fault=block``
+    Once a request names ``__lockfs_watchdog__``, the hang watchdog's thread raises (it ends)
+    or blocks for ever at its next sample: the trio side must notice and fail closed.
+``invalidation-fault``
+    An entry invalidation of a name ``__lockfs_fault__`` raises in the invalidation thread
+    (not an OSError: a bug), which must be logged and the thread restarted.
+``stuck-invalidation=PATH``
+    An entry invalidation of a name ``__lockfs_stuck__`` blocks while the file PATH exists,
+    standing in for the kernel keeping it waiting on the directory's lock (lockfs.invalidator).
 ``startup=STEP``
     The daemon signals itself at a start-up step, to check that the command then fails and
     leaves no mount behind, or that a SIGTERM arriving during start-up is acted on once the
@@ -49,6 +58,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from types import FrameType
@@ -63,6 +73,13 @@ ENV = "LOCKFS_TEST_HOOKS"
 FAULT_NAME = b"__lockfs_fault__"
 HANG_NAME = b"__lockfs_hang__"
 DEADLOCK_NAME = b"__lockfs_deadlock__"
+#: The entry name a request names to set off ``watchdog-fault``; the one whose invalidation
+#: blocks under ``stuck-invalidation`` (``invalidation-fault`` uses FAULT_NAME).
+WATCHDOG_NAME = b"__lockfs_watchdog__"
+STUCK_NAME = b"__lockfs_stuck__"
+WATCHDOG_FAULTS = ("raise", "block")
+#: Set once a request named WATCHDOG_NAME (``watchdog-fault``): read by the watchdog's thread.
+_watchdog_fault_armed = threading.Event()
 #: The entry name whose mention arms ``raise-at``.
 ARM_NAME = b"__lockfs_arm__"
 
@@ -96,6 +113,9 @@ class TestHooks:
     hang_entry: bool = False
     deadlock_entry: bool = False
     watchdog_exit_only: bool = False
+    watchdog_fault: str | None = None
+    invalidation_fault: bool = False
+    stuck_invalidation: str | None = None
     startup: str | None = None
     syslog_socket: str | None = None
     journal_socket: str | None = None
@@ -111,6 +131,7 @@ class TestHooks:
                 (self.fault_entry, _raise_on_fault_name),
                 (self.hang_entry, _block_on_hang_name),
                 (self.deadlock_entry, _deadlock_on_deadlock_name),
+                (self.watchdog_fault is not None, _arm_watchdog_fault),
             )
             if enabled
         ]
@@ -126,6 +147,39 @@ class TestHooks:
                 hook(handler, args)
 
         return all_hooks
+
+    def watchdog_hook(self) -> Callable[[], None] | None:
+        """What the watchdog's thread calls at every sample (``watchdog-fault``), or None."""
+        if self.watchdog_fault is None:
+            return None
+        block = self.watchdog_fault == "block"
+
+        def fault() -> None:
+            if _watchdog_fault_armed.is_set():
+                if block:
+                    threading.Event().wait()
+                raise RuntimeError("injected fault in watchdog")
+
+        return fault
+
+    def invalidation_hook(
+        self, notify: Callable[[int, bytes], None]
+    ) -> Callable[[int, bytes], None]:
+        """``notify`` (the entry invalidation) with ``invalidation-fault`` and
+        ``stuck-invalidation`` applied."""
+        fault, stuck = self.invalidation_fault, self.stuck_invalidation
+        if not fault and stuck is None:
+            return notify
+
+        def hooked(parent: int, name: bytes) -> None:
+            if fault and name == FAULT_NAME:
+                raise RuntimeError("injected fault in invalidation")
+            if stuck is not None and name == STUCK_NAME:
+                while os.path.exists(stuck):
+                    time.sleep(0.05)
+            notify(parent, name)
+
+        return hooked
 
     def log_sockets(self) -> dict[str, str]:
         """Keyword arguments for lockfs.logs.detached: the sockets these hooks replace."""
@@ -171,6 +225,11 @@ def _deadlock_on_deadlock_name(handler: str, args: tuple[Any, ...]) -> None:
         with contextlib.suppress(OSError):
             pyfuse3.invalidate_entry(parent, name)
         threading.Event().wait()
+
+
+def _arm_watchdog_fault(handler: str, args: tuple[Any, ...]) -> None:
+    if WATCHDOG_NAME in args:
+        _watchdog_fault_armed.set()
 
 
 #: The files of the node table's code, whose lines ``raise-at`` counts: nodes.py and every
@@ -237,13 +296,24 @@ def parse(value: str) -> TestHooks:
     hooks = TestHooks()
     for item in filter(None, value.split(",")):
         name, _, arg = item.partition("=")
-        if name in ("fault-entry", "hang-entry", "deadlock-entry", "watchdog-exit-only"):
+        flag_hooks = (
+            "fault-entry",
+            "hang-entry",
+            "deadlock-entry",
+            "watchdog-exit-only",
+            "invalidation-fault",
+        )
+        if name in flag_hooks:
             if arg:
                 raise HookError(f"{ENV}: unknown test hook {item!r}")
             flags: dict[str, Any] = {name.replace("-", "_"): True}
             hooks = replace(hooks, **flags)
         elif name == "startup" and arg in STARTUP_FAULTS:
             hooks = replace(hooks, startup=arg)
+        elif name == "watchdog-fault" and arg in WATCHDOG_FAULTS:
+            hooks = replace(hooks, watchdog_fault=arg)
+        elif name == "stuck-invalidation" and arg.startswith("/"):
+            hooks = replace(hooks, stuck_invalidation=arg)
         elif name == "switch-over-pause" and arg in SWITCH_OVER_STEPS:
             hooks = replace(hooks, switch_over_pause=arg)
         elif name == "raise-at" and _is_handler_line(arg):

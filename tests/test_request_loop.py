@@ -54,8 +54,10 @@ async def test_readable_fd_is_served_without_scheduler_passes(
         await trio_wait_readable(fd)
 
     monkeypatch.setattr(trio.lowlevel, "wait_readable", counted_wait_readable)
+    monkeypatch.setattr(request_loop, "YIELD_AFTER", 3600.0)  # only the count matters here
     wait_readable = shim.lowlevel.wait_readable  # type: ignore[attr-defined]
-    await wait_readable(read_end)  # the budget starts full; spend it from a known state
+    await wait_readable(read_end)  # the first wait goes through trio: a known state
+    assert trio_waits == 1
     trio_waits = 0
     ran = 0
 
@@ -69,13 +71,45 @@ async def test_readable_fd_is_served_without_scheduler_passes(
         nursery.start_soon(other_task)
         await trio.sleep(0)
         start = ran
-        for _ in range(request_loop.YIELD_EVERY - 1):
+        for _ in range(request_loop.YIELD_EVERY):
             await wait_readable(read_end)
         assert ran == start, "a fast wait let another task run"
         assert trio_waits == 0
         await wait_readable(read_end)
         assert trio_waits == 1, "the budget was spent but the wait did not go through trio"
         nursery.cancel_scope.cancel()
+
+
+async def test_slow_requests_pass_through_trio_by_time(
+    pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests that take long (a READDIR of a huge directory) reach YIELD_AFTER long before
+    YIELD_EVERY: the wait then goes through trio although a request is queued. Every call is
+    counted (the watchdog's sign that requests complete)."""
+    read_end, write_end = pipe
+    os.write(write_end, b"x")
+    now = [100.0]
+    monkeypatch.setattr(request_loop, "monotonic", lambda: now[0])
+    trio_waits = 0
+    trio_wait_readable = trio.lowlevel.wait_readable
+
+    async def counted_wait_readable(fd: int) -> None:
+        nonlocal trio_waits
+        trio_waits += 1
+        await trio_wait_readable(fd)
+
+    monkeypatch.setattr(trio.lowlevel, "wait_readable", counted_wait_readable)
+    loop = request_loop.RequestLoop()
+    await loop.wait_readable(read_end)  # through trio: the time window opens
+    assert trio_waits == 1
+    await loop.wait_readable(read_end)  # a request served at once
+    assert trio_waits == 1
+    now[0] += request_loop.YIELD_AFTER  # a slow request: the window is over
+    await loop.wait_readable(read_end)
+    assert trio_waits == 2, "a request queued after YIELD_AFTER skipped trio's scheduler"
+    await loop.wait_readable(read_end)
+    assert trio_waits == 2
+    assert loop.passes == 4
 
 
 async def test_idle_fd_waits_for_data(shim: object, pipe: tuple[int, int]) -> None:

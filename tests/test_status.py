@@ -22,7 +22,8 @@ from lockfs.status import MountStatus, format_text
 STABLE_KEYS = {
     "mountpoint", "pid", "uptime_s", "nodes", "files", "dirs", "open", "referenced",
     "reclaim_backlog", "created", "reclaimed", "invalidations", "requests", "faults",
-    "rss_bytes", "options", "log",
+    "rss_bytes", "options", "log", "thread_faults", "invalidations_stuck",
+    "invalidations_stuck_total", "stuck_directories",
 }  # fmt: skip
 STABLE_OPTION_KEYS = {
     "uid", "gid", "mode", "reclaim_delay", "dir_grace", "debug", "kernel_flags", "metrics_file",
@@ -93,6 +94,43 @@ def test_text_shows_names_flags_and_durations() -> None:
     assert by_label["kernel flags"] == "rw, nosuid, nodev"
     assert by_label["log"] == "syslog (/dev/log)"
     assert "[" not in text and "]" not in text
+
+
+def test_thread_health_in_text_json_and_metrics() -> None:
+    """Thread faults and stuck invalidations: a line each, the directories in the JSON, the
+    counts as metrics; none stuck reads "none"."""
+    by_label = {line[:17].strip(): line[17:] for line in format_text(sample()).splitlines()}
+    assert by_label["thread faults"].startswith("0 (errors that ended the invalidation thread")
+    assert by_label["stuck"] == "none (0 since mount)"
+    stuck = {"/run/proxmox-backup/locks/store1": 12.3, "/run/proxmox-backup/locks/b": 75.0}
+    status = sample(
+        thread_faults=2, invalidations_stuck=2, invalidations_stuck_total=3, stuck_directories=stuck
+    )
+    document = json.loads(json.dumps(status.to_json()))
+    assert document["stuck_directories"] == stuck
+    assert MountStatus.from_json(document) == status
+    by_label = {line[:17].strip(): line[17:] for line in format_text(status).splitlines()}
+    assert by_label["thread faults"].startswith("2 (")
+    assert by_label["stuck"] == (
+        "2 entry invalidations: 1m15s in /run/proxmox-backup/locks/b, 12.3s in "
+        "/run/proxmox-backup/locks/store1 (reclaim waits there; 3 since mount)"
+    )
+    lines = prometheus_text(status).splitlines()
+    mp = 'mountpoint="/run/proxmox-backup/locks"'
+    assert f"lockfs_thread_faults_total{{{mp}}} 2" in lines
+    assert f"lockfs_invalidations_stuck{{{mp}}} 2" in lines
+    assert f"lockfs_invalidations_stuck_total{{{mp}}} 3" in lines
+    # A daemon from before these fields: all zero.
+    older = {k: v for k, v in sample().to_json().items() if k not in STUCK_KEYS}
+    assert MountStatus.from_json(older) == sample()
+
+
+STUCK_KEYS = {
+    "thread_faults",
+    "invalidations_stuck",
+    "invalidations_stuck_total",
+    "stuck_directories",
+}
 
 
 def test_text_shows_numbers_for_ids_without_a_name() -> None:
@@ -170,4 +208,4 @@ def test_prometheus_text() -> None:
         assert line in text.splitlines(), line
     assert text.count("# HELP lockfs_nodes ") == 1
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
-    assert len(names) == 12
+    assert len(names) == 15

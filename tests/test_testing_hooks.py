@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
 
+from lockfs import testing_hooks
 from lockfs.testing_hooks import (
     ARM_NAME,
     FAULT_NAME,
     NO_HOOKS,
+    STUCK_NAME,
     TABLE_FILES,
+    WATCHDOG_NAME,
     HookError,
     LineFault,
     TestHooks,
@@ -53,6 +57,34 @@ def test_log_socket_hooks() -> None:
     assert NO_HOOKS.log_sockets() == {}
 
 
+def test_thread_hooks(tmp_path: Path) -> None:
+    """``invalidation-fault`` and ``stuck-invalidation`` wrap the entry invalidation;
+    ``watchdog-fault`` arms the watchdog thread's fault from a request."""
+    block = tmp_path / "block"
+    value = f"invalidation-fault,stuck-invalidation={block},watchdog-fault=raise"
+    hooks = from_environment({"LOCKFS_TEST_HOOKS": value})
+    assert hooks == TestHooks(
+        invalidation_fault=True, stuck_invalidation=str(block), watchdog_fault="raise"
+    )
+    sent: list[bytes] = []
+    notify = hooks.invalidation_hook(lambda parent, name: sent.append(name))
+    notify(1, b"x")
+    notify(1, STUCK_NAME)  # PATH does not exist: it does not block
+    with pytest.raises(RuntimeError, match="injected fault in invalidation"):
+        notify(1, FAULT_NAME)
+    assert sent == [b"x", STUCK_NAME]
+    plain = sent.append
+    assert NO_HOOKS.invalidation_hook(plain) is plain  # type: ignore[arg-type]
+    assert NO_HOOKS.watchdog_hook() is None
+    fault, request = hooks.watchdog_hook(), hooks.request_hook()
+    assert fault is not None and request is not None
+    fault()  # not armed yet
+    request("lookup", (1, WATCHDOG_NAME))
+    with pytest.raises(RuntimeError, match="injected fault in watchdog"):
+        fault()
+    testing_hooks._watchdog_fault_armed.clear()  # process-wide: disarm for later tests
+
+
 def test_switch_over_pause_hook(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -76,6 +108,9 @@ def test_switch_over_pause_hook(
         "startup",
         "syslog",
         "journal=rel",
+        "watchdog-fault=later",
+        "stuck-invalidation=rel",
+        "invalidation-fault=1",
         "switch-over-pause",
         "switch-over-pause=later",
         "raise-at=rename",
