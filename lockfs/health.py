@@ -116,7 +116,8 @@ class HealthJudge:
 
 
 class FailureBudget:
-    """The rate limit over the times of earlier failures (monotonic seconds)."""
+    """The rate limit over the times of earlier failures (monotonic seconds): the watcher's
+    recoveries, and the invalidation thread's restarts (lockfs.invalidator)."""
 
     def __init__(self, failures: Iterable[float], limit: int = RECOVERIES, window: float = WINDOW):
         self.failures = sorted(failures)

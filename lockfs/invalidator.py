@@ -33,12 +33,13 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pyfuse3
 import trio
+
+from .health import FailureBudget
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class EntryInvalidator:
         self._stuck: dict[int, tuple[StuckInvalidation, _Worker]] = {}
         #: Directory inode → entries held back while it is stuck.
         self._held: dict[int, list[Entry]] = {}
-        self._restarts: deque[float] = deque()
+        self._restarts = FailureBudget((), limit=MAX_RESTARTS, window=RESTART_WINDOW)
         self._stopping = False
         self._previous_switch_interval: float | None = None
         #: Exceptions that ended a thread (each logged with its traceback; the working one is
@@ -297,12 +298,12 @@ class EntryInvalidator:
         )
 
     def _restart(self, now: float) -> None:
-        self._restarts.append(now)
-        while self._restarts and now - self._restarts[0] > RESTART_WINDOW:
-            self._restarts.popleft()
-        if len(self._restarts) > MAX_RESTARTS:
+        allowed = self._restarts.allows(now)
+        self._restarts.record(now)
+        failures = len(self._restarts.failures)
+        if not allowed:
             self._fail(
-                f"the invalidation thread failed {len(self._restarts)} times within "
+                f"the invalidation thread failed {failures} times within "
                 f"{RESTART_WINDOW:g} s (see the errors logged before)"
             )
             return
@@ -310,7 +311,7 @@ class EntryInvalidator:
         self._worker.thread.start()
         log.warning(
             "invalidation thread restarted (%d of %d restarts allowed within %g s)",
-            len(self._restarts),
+            failures,
             MAX_RESTARTS,
             RESTART_WINDOW,
         )
