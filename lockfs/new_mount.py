@@ -6,7 +6,8 @@ What it keeps, whatever the parent's other writers do meanwhile:
 * Only the directory it created is given an owner and a mode, on its descriptor; only that
   directory is mounted on. It is made immutable from just after its creation until lockfs is
   mounted on it (where the filesystem has the flag): no rename can then swap a symlink in under
-  the path that mount(8) and systemd take. Before the mount, the parent's entry must still be
+  the path that mount(8) and systemd take (once a rename already under way has ended: see
+  ``NewMount._wait_for_renames``). Before the mount, the parent's entry must still be
   that directory; after it, the entry must lead to the root of a lockfs mounted since.
 * Data files are written into the mount through descriptors (``O_NOFOLLOW``, ``O_EXCL``), with
   their owner and mode set on the descriptor, and read back.
@@ -81,6 +82,8 @@ class NewMount:
             raise MountFailed(f"the new mountpoint {self.path} was not made")
         pinned = _pin(self.fd, True)
         try:
+            if pinned:
+                self._wait_for_renames()
             if not self._is_mine():
                 raise MountFailed(f"the new mountpoint {self.path} was replaced before the mount")
             # Mount ids are reused as soon as a mount goes: compare (id, mountpoint) pairs.
@@ -96,6 +99,22 @@ class NewMount:
         if result.returncode != 0:
             reason = result.stderr.strip() or f"exit status {result.returncode}"
             raise MountFailed(f"mounting lockfs at {self.path} failed: {reason}")
+
+    def _wait_for_renames(self) -> None:
+        """Return once no rename that started before the pin can still move the mountpoint.
+
+        The kernel checks the immutable flag before it locks the inodes it renames, so a
+        rename that passed that check just before the pin may still complete after it. Every
+        rename in the parent holds the parent's lock to its end, and so does a mkdir of an
+        existing name (EEXIST, nothing made): once that mkdir returns, such a rename is done,
+        and every later one fails with EPERM."""
+        try:
+            os.mkdir(self.name, 0o700, dir_fd=self.parent_fd)
+        except FileExistsError:
+            return
+        except OSError:
+            return  # the check that follows finds out where the mountpoint is
+        os.rmdir(self.name, dir_fd=self.parent_fd)  # the name was free: not ours, refused next
 
     def _lockfs_mounted_since(self, before: set[tuple[int, str]]) -> bool:
         """Whether a lockfs mounted since ``before`` is on the mountpoint, its root what the
