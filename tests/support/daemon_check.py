@@ -7,8 +7,9 @@ it started must have
 * counted no faults (``faults`` in its status, read before it is stopped);
 * exited with status 0 (stopped by SIGTERM, or by the test's own umount);
 * left no mount that needed ``umount -l`` (the lazy fallback cleans up, and fails the test);
-* logged no traceback, no "internal error" and no "Exception ignored" (foreground daemons: a
-  daemonized one logs to syslog).
+* logged no traceback, no "internal error" and no "Exception ignored" (foreground daemons,
+  and daemonized ones where the machine has no syslog: they log to their file under
+  /run/lockfs, which teardown reads and removes).
 
 The opt-outs are markers, for what a test does on purpose, and allow only that:
 

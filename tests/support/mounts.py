@@ -344,6 +344,9 @@ class Daemons(Processes):
         self.unresponsive: list[str] = []
         self.exit_codes: dict[int, int] = {}
         self.faults: dict[str, int] = {}
+        #: What the daemons logged to their fallback files under /run/lockfs (read, then
+        #: removed, by :meth:`cleanup`), by mountpoint.
+        self.logs: dict[str, str] = {}
         _set_subreaper(True)
 
     def mountpoint(self, name: str = "mnt") -> Path:
@@ -455,8 +458,10 @@ class Daemons(Processes):
             for path in self.paths:
                 remove_mirror(path)
                 log_file = log_path(os.path.realpath(path))
-                for name in (log_file, f"{log_file}.1"):
+                for name in (f"{log_file}.1", log_file):
                     with contextlib.suppress(FileNotFoundError):
+                        with open(name, errors="replace") as log:
+                            self.logs[str(path)] = self.logs.get(str(path), "") + log.read()
                         os.unlink(name)
             _set_subreaper(False)
 
@@ -503,6 +508,9 @@ class Daemons(Processes):
                 for path, faults in self.faults.items()
                 if faults
             ]
+        for text in self.logs.values():
+            found += log_problems(text, expect)
         if not found:
             return []
-        return [report(f"daemonized lockfs mounts in {self.tmp_path}", found, None)]
+        logs = "".join(f"=== {path}\n{text}" for path, text in self.logs.items() if text)
+        return [report(f"daemonized lockfs mounts in {self.tmp_path}", found, logs or None)]
