@@ -282,7 +282,7 @@ def _run(
     except Exception:
         log.exception("lockfs daemon failed")
         return EXIT_FAILURE
-    return 0
+    return daemon.exit_status
 
 
 def _detach_stdio(mountpoint: str, hooks: TestHooks, *, debug: bool) -> None:

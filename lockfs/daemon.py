@@ -46,6 +46,8 @@ HANDLED_SIGNALS = (*SHUTDOWN_SIGNALS, signal.SIGHUP)
 INVALIDATOR_STOP_TIMEOUT = 2.0
 #: Exit status of a daemon that failed closed on an internal error (EX_SOFTWARE, like a hang).
 EXIT_FAULT = EXIT_FAILED_CLOSED
+#: Exit status of a daemon whose FUSE connection was aborted from outside while mounted.
+EXIT_ABORTED = 1
 
 
 def raise_open_file_limit() -> None:
@@ -118,6 +120,8 @@ class Daemon:
         self.mount_id: int | None = None
         #: Set once the kernel ended the FUSE session: the mount is gone, nothing to unmount.
         self._session_ended = False
+        #: What the process exits with once :meth:`serve` returns.
+        self.exit_status = 0
 
     def mount(self) -> None:
         """Load the data kept from earlier mounts, then mount the filesystem (requests wait in
@@ -197,9 +201,13 @@ class Daemon:
             on_ready()
             # Handlers never wait, so one worker task serves every request in turn (more
             # tasks would only add scheduling); request_loop spares it most scheduler passes.
-            await pyfuse3.main(min_tasks=1, max_tasks=1)
+            try:
+                await pyfuse3.main(min_tasks=1, max_tasks=1)
+            except* ConnectionAbortedError:  # the session ended: judged below, like any end
+                log.info("the FUSE session ended with ECONNABORTED")
             # Blocked again before trio gives the signals their default action back.
             signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+            self._session_over()
             if self.watchdog is not None:
                 self.watchdog.stop()
             self._session_ended = True
@@ -207,6 +215,26 @@ class Daemon:
                 self.mirror.close()
             log.info("FUSE session ended")
             nursery.cancel_scope.cancel()
+
+    def _session_over(self) -> None:
+        """The kernel ended the session. After an unmount, plain or lazy, the mount has left
+        the mount table: a normal end. The read then gives ENODEV, or ECONNABORTED when it took
+        a request queued as the connection went down (a RELEASEDIR sent in the background
+        after the last close, just before the umount: fs/fuse/dev.c, fuse_dev_do_read, taken
+        for an internal error once in about 30 switch-overs refused after the mount). If it is
+        still there, the connection was aborted (through /sys/fs/fuse/connections): nothing
+        can be served any more, not by a fault of the daemon's, so one log line and no
+        traceback; the mount stays and answers ENOTCONN until it is unmounted (by lockfs-heal
+        or an administrator), and the daemon exits non-zero."""
+        if self._own_mount_state() == "detached":
+            return
+        self.exit_status = EXIT_ABORTED
+        log.error(
+            "the FUSE connection of %s was aborted: the mount answers ENOTCONN until it is "
+            "unmounted; once its holders are gone, `umount %s` and mount it again",
+            self.mountpoint,
+            self.mountpoint,
+        )
 
     def _requests_completed(self) -> int:
         """Requests the loop has completed (the watchdog's sign of progress)."""

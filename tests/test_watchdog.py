@@ -23,7 +23,8 @@ import pytest
 from support import Daemons, Mount, wait_for
 
 from lockfs import logs, watchdog
-from lockfs.mounts import is_lockfs_mounted
+from lockfs.daemon import EXIT_ABORTED
+from lockfs.mounts import entries_at, is_lockfs_mounted
 from lockfs.watchdog import EXIT_HUNG, FailClosed, Stall, StallDetector, Watchdog
 
 TIMEOUT = 1.0
@@ -280,6 +281,31 @@ def test_a_stuck_daemon_fails_closed_within_hang_timeout(
     subprocess.run(["umount", mnt.path], check=True)
     assert not is_lockfs_mounted(mnt.path)
     assert fusectl_mount_count() == fusectl_mounts  # a private fusectl leaves no trace here
+
+
+@pytest.mark.kills_daemon  # its connection is aborted: it ends with EXIT_ABORTED
+def test_an_aborted_connection_ends_the_daemon_with_one_line_and_leaves_the_mount_closed(
+    make_mount: Any,
+) -> None:
+    """Someone aborts the connection through fusectl while locks may be held: the daemon
+    cannot serve any more. It says so in one line (no traceback: not a fault of its own),
+    exits EXIT_ABORTED and leaves the mount in place answering ENOTCONN (unmounting it would
+    let PBS make lock files in the directory underneath)."""
+    mnt: Mount = make_mount()
+    (mnt.path / "lock").touch()
+    (entry,) = entries_at(mnt.path)
+    assert watchdog.abort_connection(watchdog.fusectl_name(entry.dev))
+    assert mnt.proc.wait(timeout=10) == EXIT_ABORTED
+    text = mnt.log_text()
+    assert "Traceback" not in text, text
+    aborted = [line for line in text.splitlines() if "was aborted" in line]
+    assert len(aborted) == 1 and "ERROR: the FUSE connection of" in aborted[0], text
+    assert f"`umount {mnt.path}` and mount it again" in aborted[0]
+    assert is_lockfs_mounted(mnt.path)
+    with pytest.raises(OSError) as info:
+        os.statvfs(mnt.path)
+    assert info.value.errno == errno.ENOTCONN
+    subprocess.run(["umount", mnt.path], check=True)
 
 
 @pytest.mark.kills_daemon  # the watchdog ends it with status 70
