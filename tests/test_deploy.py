@@ -9,8 +9,10 @@ removal run in Debian 12 and 13 containers with systemd as PID 1: tests/test_sys
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,7 +78,7 @@ def systemd_analyze(tmp_path_factory: pytest.TempPathFactory) -> str:
     return tool
 
 
-def verify(tool: str, *units: Path) -> subprocess.CompletedProcess[str]:
+def verify(tool: str, *units: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([tool, "verify", *units], capture_output=True, text=True)
 
 
@@ -114,11 +116,25 @@ def test_the_mount_unit_matches_its_path_and_orders_pbs() -> None:
         assert drop_in == {"Unit": {"After": MOUNT_UNIT.name}}
 
 
-def test_systemd_analyze_verify_every_unit(systemd_analyze: str) -> None:
+def test_systemd_analyze_verify_every_unit(systemd_analyze: str, tmp_path: Path) -> None:
+    """Every unit as shipped, except that its commands name the development ``lockfs``: verify
+    checks that a command exists, and this host need not have the package (the containers
+    verify the installed units). The man pages the units name are the package's (checked
+    here, not by running man(1), which needs them installed)."""
     units = unit_files()
     assert MOUNT_UNIT in units
+    dev_lockfs = Path(sys.executable).parent / "lockfs"
+    assert os.access(dev_lockfs, os.X_OK), dev_lockfs
+    shipped_pages = {
+        Path(line).name for line in (REPO / "debian" / "lockfs.manpages").read_text().split()
+    }
+    for unit in units:  # all copied first: verify loads the units a unit names beside it
+        text = unit.read_text()
+        for page, section in re.findall(r"man:([\w.-]+)\((\d)\)", text):
+            assert f"{page}.{section}" in shipped_pages, (unit, page)
+        (tmp_path / unit.name).write_text(text.replace("=/usr/sbin/lockfs ", f"={dev_lockfs} "))
     for unit in units:
-        result = verify(systemd_analyze, unit)
+        result = verify(systemd_analyze, "--man=no", tmp_path / unit.name)
         assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), unit
 
 
