@@ -220,8 +220,8 @@ class Daemon:
         """The kernel ended the session. After an unmount, plain or lazy, the mount has left
         the mount table: a normal end. The read then gives ENODEV, or ECONNABORTED when it took
         a request queued as the connection went down (a RELEASEDIR sent in the background
-        after the last close, just before the umount: fs/fuse/dev.c, fuse_dev_do_read, taken
-        for an internal error once in about 30 switch-overs refused after the mount). If it is
+        after the last close, just before the umount: fs/fuse/dev.c, fuse_dev_do_read; once in
+        284 daemon stops of tests/test_safe_switch.py, where it was taken for a fault). If it is
         still there, the connection was aborted (through /sys/fs/fuse/connections): nothing
         can be served any more, not by a fault of the daemon's, so one log line and no
         traceback; the mount stays and answers ENOTCONN until it is unmounted (by lockfs-heal

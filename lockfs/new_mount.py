@@ -110,10 +110,8 @@ class NewMount:
         and every later one fails with EPERM."""
         try:
             os.mkdir(self.name, 0o700, dir_fd=self.parent_fd)
-        except FileExistsError:
+        except OSError:  # EEXIST as meant; any other error: the check that follows decides
             return
-        except OSError:
-            return  # the check that follows finds out where the mountpoint is
         os.rmdir(self.name, dir_fd=self.parent_fd)  # the name was free: not ours, refused next
 
     def _lockfs_mounted_since(self, before: set[tuple[int, str]]) -> bool:
